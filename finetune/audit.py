@@ -1,0 +1,90 @@
+"""Label audit: look at the exact labels TRL will train on before any step is taken.
+
+It catches the silent failures of SFT data: rows with no supervised token (a template or masking bug), an
+end-of-turn/EOS token that is never supervised (the model never learns to stop), and truncation that cuts
+answers away (TRL drops fully-masked rows without a word).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+
+from finetune.errors import UserError
+
+IGNORE = -100
+
+
+def _cut_positions(length: int, max_length: int | None, mode: str) -> range:
+    """Positions that truncation to max_length removes."""
+    if max_length is None or length <= max_length:
+        return range(0)
+    return range(max_length, length) if mode == "keep_start" else range(0, length - max_length)
+
+
+def tokenised_untruncated(trainer, raw_dataset):
+    """Run TRL's own dataset preparation (same template, masks, EOS handling) without truncation or packing."""
+    args = copy.copy(trainer.args)
+    args.max_length, args.shuffle_dataset, args.use_liger_kernel = None, False, False
+    return trainer._prepare_dataset(raw_dataset, trainer.processing_class, args, False, None, "label audit")
+
+
+def label_audit(trainer, raw_dataset, settings: dict, eos_token_id: int | None) -> dict:
+    """Audit the labels of `raw_dataset` as `trainer` would build them; raise UserError on a failed check."""
+    args = trainer.args
+    prepared = tokenised_untruncated(trainer, raw_dataset)
+    strategy = args.packing_strategy if args.packing else None
+    # Padding-free packing strategies split or wrap long rows instead of cutting them.
+    truncates = args.max_length is not None and strategy in (None, "bfd")
+    mode = args.truncation_mode if not args.packing else "keep_start"
+    lengths, supervised, no_label_rows, eos_rows, cut_rows, lost_rows = [], [], [], 0, [], []
+    for i, labels in enumerate(prepared["labels"]):
+        sup = [p for p, t in enumerate(labels) if t != IGNORE]
+        lengths.append(len(labels))
+        supervised.append(len(sup))
+        if not sup:
+            no_label_rows.append(i)
+            continue
+        if eos_token_id is not None and any(labels[p] == eos_token_id for p in sup):
+            eos_rows += 1
+        if truncates:
+            cut = _cut_positions(len(labels), args.max_length, mode)
+            lost = sum(1 for p in sup if p in cut)
+            if lost:
+                cut_rows.append(i)
+            if lost == len(sup):
+                lost_rows.append(i)
+    n = len(lengths)
+    report = {
+        "rows": n,
+        "tokens": {"mean": round(statistics.fmean(lengths), 1), "max": max(lengths), "min": min(lengths)},
+        "supervised_tokens": sum(supervised),
+        "supervised_share": round(sum(supervised) / max(1, sum(lengths)), 4),
+        "rows_without_supervised_tokens": len(no_label_rows),
+        "rows_with_supervised_eos": eos_rows,
+        "rows_answer_truncated": len(cut_rows),
+        "rows_answer_fully_truncated": len(lost_rows),
+        "max_length": args.max_length,
+    }
+    if no_label_rows:
+        rows = ", ".join(map(str, no_label_rows[:5])) + (" ..." if len(no_label_rows) > 5 else "")
+        raise UserError(f"label audit: {len(no_label_rows)} of {n} training rows have no supervised token "
+                        f"(rows {rows}); check the loss setting and the chat template's generation markers")
+    if settings["require_eos"] and eos_token_id is not None and eos_rows == 0:
+        raise UserError("label audit: the end-of-turn/EOS token is never supervised, so the model will not "
+                        "learn to stop; fix the chat template (EOS inside {% generation %}) or set "
+                        "audit.require_eos: false")
+    share = len(cut_rows) / n
+    if share > settings["max_truncated_share"]:
+        raise UserError(f"label audit: truncation at max_length={args.max_length} cuts into the answer of "
+                        f"{len(cut_rows)} of {n} rows ({share:.1%} > audit.max_truncated_share "
+                        f"{settings['max_truncated_share']:.1%}); raise train.max_length or shorten the data")
+    return report
+
+
+def format_report(report: dict) -> str:
+    """One short human-readable line for the terminal."""
+    return (f"label audit: {report['rows']} rows, {report['tokens']['mean']} tokens/row (max "
+            f"{report['tokens']['max']}), {report['supervised_share']:.0%} supervised, EOS supervised in "
+            f"{report['rows_with_supervised_eos']}/{report['rows']} rows, answers truncated in "
+            f"{report['rows_answer_truncated']} rows")

@@ -1,0 +1,100 @@
+"""The `finetune` command. Heavy imports (torch, transformers, trl) happen inside the commands only."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from finetune import __version__
+from finetune.errors import UserError
+
+
+def cmd_validate(args) -> int:
+    from finetune.recipe import HUB_ID, load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    stages = ", ".join(f"{s['name']} ({s['kind']})" for s in recipe["stages"])
+    print(f"{args.recipe}: ok — {len(recipe['stages'])} stage(s): {stages}")
+    path = recipe["base_model"]["path"]
+    if not os.path.exists(os.path.expanduser(path)) and HUB_ID.match(path):
+        print(f"note: base_model.path '{path}' is not a local folder; it will be fetched from the hub")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from finetune.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)  # validate before any heavy import
+    from finetune.pipeline import log, run_recipe
+
+    results = run_recipe(recipe, output_dir=args.output_dir, only=args.only, force=args.force)
+    for name, m in results.items():
+        log(f"{name}: {m['artifact']['model']}")
+    return 0
+
+
+def cmd_tiny(args) -> int:
+    from finetune.tiny import build_tiny
+
+    sizes = {k: v for k, v in (("hidden", args.hidden), ("layers", args.layers)) if v is not None}
+    out = build_tiny(args.out, args.arch, corpus=args.corpus or ("recipes/data", "eval/data"),
+                     vocab_size=args.vocab_size, seed=args.seed, overwrite=args.overwrite, **sizes)
+    print(f"built tiny {args.arch} model in {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from finetune.score import add_score_parser
+
+    parser = argparse.ArgumentParser(
+        prog="finetune", description="Recipe-driven SFT, reward modelling, PPO/DPO/RLOO and SQuAD-style eval.")
+    parser.add_argument("--version", action="version", version=f"finetune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a recipe's stages in order (skips finished ones, resumes interrupted)")
+    p.add_argument("recipe", help="recipe .yaml file")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override recipe values")
+    p.add_argument("--output-dir", help="run folder (default: the recipe's output_dir, runs/<name>)")
+    p.add_argument("--only", metavar="STAGE", help="run this stage only (earlier ones must be done)")
+    p.add_argument("--force", action="store_true", help="retrain stages whose inputs changed, replacing them")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a recipe (schema, TRL fields, paths) without loading a model")
+    p.add_argument("recipe")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("tiny", help="build a tiny random-weight model + BPE tokenizer offline")
+    p.add_argument("--arch", default="llama", choices=("llama", "qwen2"))
+    p.add_argument("--out", required=True, help="folder to save the model in")
+    p.add_argument("--corpus", nargs="*", help="text/JSON files or folders to train the tokenizer on "
+                   "(default: recipes/data and eval/data)")
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--hidden", type=int, help="hidden size (default 128)")
+    p.add_argument("--layers", type=int, help="number of layers (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="rebuild a tiny model that is already there")
+    p.set_defaults(func=cmd_tiny)
+
+    add_score_parser(sub)
+    return parser
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

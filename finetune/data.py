@@ -1,0 +1,242 @@
+"""Load instruction data through `datasets`, detect its format and normalise it to one of TRL's layouts.
+
+Every source becomes one of three kinds, with only these columns:
+  chat               {"messages": [{"role", "content"}, ...]}    (messages, alpaca, sharegpt)
+  prompt_completion  {"prompt": str, "completion": str}
+  text               {"text": str}
+A stage's sources must share a kind. Rows that cannot be used are dropped with a count per reason, never
+silently; malformed rows in JSONL files are reported with their line number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from finetune.errors import UserError
+
+LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "chatgpt": "assistant", "bard": "assistant", "system": "system", "tool": "tool"}
+CHAT_ROLES = ("system", "user", "assistant", "tool")
+KIND_OF_FORMAT = {"messages": "chat", "alpaca": "chat", "sharegpt": "chat",
+                  "prompt_completion": "prompt_completion", "text": "text"}
+
+
+def _check_json_file(path: Path) -> None:
+    """Find the first malformed line of a JSON Lines file (datasets' own error does not name it)."""
+    with path.open(encoding="utf-8", errors="strict") as f:
+        try:
+            head = f.read(1)
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not UTF-8 text") from None
+        if head == "[" or path.suffix == ".json" and head == "{":
+            f.seek(0)
+            try:
+                json.load(f)
+            except json.JSONDecodeError as e:
+                if head == "[" or path.suffix == ".json":
+                    raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+            return
+        f.seek(0)
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: malformed JSON line ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise UserError(f"{path}:{n}: each line must be a JSON object, got {type(row).__name__}")
+
+
+def load_source(name: str, src: dict, seed: int):
+    """Load one recipe data source as a `datasets.Dataset` (local file/folder or hub id)."""
+    import datasets
+
+    path = Path(src["path"]).expanduser()
+    where = f"data.{name}"
+    try:
+        if path.is_file():
+            loader = LOADERS.get(path.suffix)
+            if loader is None:
+                raise UserError(f"{path}: unsupported file type '{path.suffix}' ({where}); "
+                                f"use {', '.join(LOADERS)}")
+            if loader == "json":
+                _check_json_file(path)
+            ds = datasets.load_dataset(loader, data_files=str(path), split="train")
+        elif path.is_dir():
+            ds = datasets.load_dataset(str(path), split=src["split"])
+        else:
+            ds = datasets.load_dataset(src["path"], src["subset"], split=src["split"], revision=src["revision"])
+    except UserError:
+        raise
+    except (datasets.exceptions.DatasetNotFoundError, FileNotFoundError, ConnectionError) as e:
+        raise UserError(f"{where}.path: cannot load '{src['path']}': {str(e).splitlines()[0]}") from None
+    except (ValueError, datasets.exceptions.DatasetGenerationError) as e:
+        cause = e.__cause__ or e
+        raise UserError(f"{src['path']}: cannot read {where} ({str(cause).splitlines()[0][:200]})") from None
+    if len(ds) == 0:
+        raise UserError(f"{src['path']}: {where} has no rows")
+    if src["columns"]:
+        missing = [col for col in src["columns"].values() if col not in ds.column_names]
+        if missing:
+            raise UserError(f"{src['path']}: {where}.columns names column(s) {missing} that the data lacks; "
+                            f"found {ds.column_names}")
+        ds = ds.rename_columns({old: new for new, old in src["columns"].items() if old != new})
+    if src["max_rows"] and len(ds) > src["max_rows"]:
+        ds = ds.shuffle(seed=seed).select(range(src["max_rows"]))
+    return ds
+
+
+def detect_format(columns: list[str], declared: str, where: str) -> str:
+    """Name the instruction format from the columns (or check the declared one fits them)."""
+    cols = set(columns)
+    needs = {"messages": {"messages"}, "sharegpt": {"conversations"}, "alpaca": {"instruction", "output"},
+             "prompt_completion": {"prompt", "completion"}, "text": {"text"}}
+    if declared != "auto":
+        if not needs[declared] <= cols:
+            raise UserError(f"{where}: format {declared} needs column(s) {sorted(needs[declared] - cols)}; "
+                            f"found {sorted(cols)} (map yours with `columns:`)")
+        return declared
+    for fmt in ("messages", "sharegpt", "alpaca", "prompt_completion", "text"):
+        if needs[fmt] <= cols:
+            return fmt
+    raise UserError(f"{where}: cannot tell the instruction format from columns {sorted(cols)}; expected "
+                    f"messages, conversations, instruction+output, prompt+completion or text (or set `columns:`)")
+
+
+def _normalise_row(row: dict, fmt: str) -> tuple[dict | None, str | None]:
+    """Return (normalised row, None) or (None, reason it is dropped). Raises ValueError for malformed rows."""
+    if fmt == "text":
+        text = row["text"]
+        if not isinstance(text, str):
+            raise ValueError(f"text must be a string, got {type(text).__name__}")
+        return ({"text": text}, None) if text.strip() else (None, "empty text")
+    if fmt == "prompt_completion":
+        p, c = row["prompt"], row["completion"]
+        if not isinstance(p, str) or not isinstance(c, str):
+            raise ValueError("prompt and completion must be strings")
+        return ({"prompt": p, "completion": c}, None) if c.strip() else (None, "empty completion")
+    if fmt == "alpaca":
+        instruction, inp, out = row["instruction"], row.get("input") or "", row["output"]
+        if not all(isinstance(x, str) for x in (instruction, inp, out)):
+            raise ValueError("instruction, input and output must be strings")
+        if not out.strip():
+            return None, "empty output"
+        user = instruction if not inp.strip() else f"{instruction}\n\n{inp}"
+        messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+        return {"messages": messages + [{"role": "user", "content": user},
+                                        {"role": "assistant", "content": out}]}, None
+    turns = row["messages"] if fmt == "messages" else row["conversations"]
+    if not isinstance(turns, list):
+        raise ValueError(f"{'messages' if fmt == 'messages' else 'conversations'} must be a list")
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise ValueError(f"turn {i} must be an object")
+        if fmt == "sharegpt":
+            role, content = SHAREGPT_ROLES.get(str(turn.get("from")).lower()), turn.get("value")
+            if role is None:
+                raise ValueError(f"turn {i}: unknown 'from' value {turn.get('from')!r}")
+        else:
+            role, content = turn.get("role"), turn.get("content")
+            if role not in CHAT_ROLES:
+                raise ValueError(f"turn {i}: role must be one of {', '.join(CHAT_ROLES)}, got {role!r}")
+        if not isinstance(content, str):
+            raise ValueError(f"turn {i}: content must be a string")
+        messages.append({"role": role, "content": content})
+    answers = [m for m in messages if m["role"] == "assistant"]
+    if not answers:
+        return None, "no assistant turn"
+    if any(not m["content"].strip() for m in answers):
+        return None, "empty assistant turn"
+    return {"messages": messages}, None
+
+
+def normalise(ds, fmt: str, where: str):
+    """Normalise a dataset of one format to its kind's columns; returns (dataset, dropped-count by reason)."""
+    rows, dropped = [], {}
+    for i, row in enumerate(ds):
+        try:
+            out, reason = _normalise_row(row, fmt)
+        except ValueError as e:
+            raise UserError(f"{where}: row {i}: {e}") from None
+        except KeyError as e:
+            raise UserError(f"{where}: row {i}: missing field {e}") from None
+        if out is None:
+            dropped[reason] = dropped.get(reason, 0) + 1
+        else:
+            rows.append(out)
+    if not rows:
+        detail = ", ".join(f"{n} {r}" for r, n in dropped.items())
+        raise UserError(f"{where}: no usable rows left ({detail})")
+    import datasets
+
+    return datasets.Dataset.from_list(rows), dropped
+
+
+def mix(parts: dict[str, tuple[Any, float]], total: int | None, seed: int):
+    """Weighted mixture: each source gives round(total * weight share) rows, repeating (seeded) when short."""
+    import datasets
+
+    weight_sum = sum(w for _, w in parts.values())
+    total = total or sum(len(ds) for ds, _ in parts.values())
+    pieces, counts = [], {}
+    for name, (ds, weight) in parts.items():
+        want = round(total * weight / weight_sum)
+        shuffled = ds.shuffle(seed=seed)
+        full, rest = divmod(want, len(ds))
+        chunks = [shuffled] * full + ([shuffled.select(range(rest))] if rest else [])
+        if chunks:
+            pieces.append(datasets.concatenate_datasets(chunks))
+        counts[name] = want
+    return datasets.concatenate_datasets(pieces).shuffle(seed=seed), counts
+
+
+def split(ds, eval_split: float, seed: int):
+    """Seeded train/eval split; eval_split is a fraction (<1) or a row count."""
+    if not eval_split:
+        return ds, None
+    n_eval = int(eval_split) if eval_split >= 1 else max(1, round(len(ds) * eval_split))
+    if n_eval >= len(ds):
+        raise UserError(f"eval_split {eval_split} leaves no training rows (the mixture has {len(ds)} rows)")
+    parts = ds.train_test_split(test_size=n_eval, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
+def fingerprint(*datasets_) -> str:
+    """sha256 over the rows' canonical JSON: equal data, equal fingerprint, whatever the file layout."""
+    h = hashlib.sha256()
+    for ds in datasets_:
+        if ds is None:
+            continue
+        for row in ds:
+            h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode())
+            h.update(b"\n")
+    return h.hexdigest()
+
+
+def stage_data(recipe: dict, stage: dict) -> dict:
+    """Load, normalise, mix and split a stage's data. Returns train/eval datasets, kind and a report."""
+    parts, report, kinds = {}, {"sources": {}}, {}
+    for name, weight in stage["data"].items():
+        src = recipe["data"][name]
+        where = f"{src['path']} (data.{name})"
+        ds = load_source(name, src, recipe["seed"])
+        fmt = detect_format(ds.column_names, src["format"], where)
+        norm, dropped = normalise(ds, fmt, where)
+        kinds[name] = KIND_OF_FORMAT[fmt]
+        parts[name] = (norm, weight)
+        report["sources"][name] = {"path": src["path"], "format": fmt, "rows": len(ds), "kept": len(norm),
+                                   "dropped": dropped}
+    if len(set(kinds.values())) > 1:
+        detail = ", ".join(f"{n}={k}" for n, k in kinds.items())
+        raise UserError(f"stage {stage['name']}: its data sources mix kinds ({detail}); use one kind per stage")
+    mixed, counts = mix(parts, stage["max_rows"], recipe["seed"])
+    train, evald = split(mixed, stage["eval_split"], recipe["seed"])
+    report.update(mixture=counts, train_rows=len(train), eval_rows=len(evald) if evald is not None else 0,
+                  fingerprint=fingerprint(train, evald))
+    return {"train": train, "eval": evald, "kind": next(iter(kinds.values())), "report": report}

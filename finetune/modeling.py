@@ -1,0 +1,111 @@
+"""Load the tokenizer and model a stage trains: dtype, attention kernel, 4/8-bit quantisation, adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finetune.errors import UserError
+
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def _hub_error(what: str, path: str, err: Exception) -> UserError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+    if not Path(path).exists():
+        return UserError(f"base_model.{what} '{path}': not a local folder and could not be fetched from the hub "
+                         f"({first[:160]})")
+    return UserError(f"base_model.{what} '{path}': cannot load ({first[:200]})")
+
+
+def load_tokenizer(base_model: dict, source: str | None = None):
+    """The tokenizer of `source` (default: the recipe's tokenizer or model), with a pad token and chat template."""
+    from transformers import AutoTokenizer
+
+    path = source or base_model["tokenizer"] or base_model["path"]
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=None if source else base_model["revision"],
+                                            trust_remote_code=base_model["trust_remote_code"])
+    except (OSError, ValueError) as e:
+        raise _hub_error("tokenizer" if base_model["tokenizer"] else "path", path, e) from None
+    if base_model["chat_template"]:
+        tok.chat_template = Path(base_model["chat_template"]).read_text(encoding="utf-8")
+    if tok.pad_token is None:
+        # Padding positions are masked by attention and labels, so reusing EOS as pad is safe in TRL's collators.
+        if tok.eos_token is None:
+            raise UserError(f"base_model.path '{path}': the tokenizer has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def quantization_config(quant: dict | None):
+    """A bitsandbytes config for QLoRA (4-bit NF4/FP4, double quantisation) or LLM.int8."""
+    if not quant:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quant["bits"] == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type=quant["quant_type"],
+        bnb_4bit_use_double_quant=quant["double_quant"],
+        bnb_4bit_compute_dtype=getattr(torch, quant["compute_dtype"]),
+    )
+
+
+def load_base_model(base_model: dict, quant: dict | None = None, path: str | None = None,
+                    auto_class: str = "AutoModelForCausalLM", **extra):
+    """Load the pretrained model (optionally quantised) exactly as from the hub: `from_pretrained`."""
+    import torch
+    import transformers
+
+    cls = getattr(transformers, auto_class)
+    kwargs = dict(revision=base_model["revision"] if path is None else None,
+                  trust_remote_code=base_model["trust_remote_code"], **extra)
+    dtype = base_model["dtype"]
+    kwargs["dtype"] = "auto" if dtype == "auto" else getattr(torch, DTYPES[dtype])
+    if base_model["attn_implementation"]:
+        kwargs["attn_implementation"] = base_model["attn_implementation"]
+    qconfig = quantization_config(quant)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        if torch.cuda.is_available():
+            from accelerate import PartialState
+
+            kwargs["device_map"] = {"": PartialState().local_process_index}
+    source = path or base_model["path"]
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _hub_error("path", source, e) from None
+
+
+def peft_config(peft: dict, task_type: str = "CAUSAL_LM"):
+    """A peft LoraConfig for lora / dora / rslora with `all-linear` targets by default."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=peft["r"], lora_alpha=peft["alpha"], lora_dropout=peft["dropout"],
+        target_modules=peft["target_modules"], modules_to_save=peft["modules_to_save"],
+        use_dora=peft["method"] == "dora", use_rslora=peft["method"] == "rslora", task_type=task_type,
+    )
+
+
+def prepare_trainable(model, peft: dict | None, quant: dict | None, gradient_checkpointing: bool,
+                      task_type: str = "CAUSAL_LM"):
+    """Wrap the model for training: k-bit preparation for QLoRA, then the adapter; full finetuning otherwise."""
+    if quant:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    if peft:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config(peft, task_type))
+    return model
+
+
+def count_parameters(model) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}

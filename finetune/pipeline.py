@@ -1,0 +1,127 @@
+"""Run a recipe's stages in order: hand artifacts on, skip finished stages, resume interrupted ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from finetune import manifest as mf
+from finetune.errors import UserError
+from finetune.schema import RUNNABLE_KINDS
+
+
+def log(msg: str) -> None:
+    print(f"[finetune] {msg}", file=sys.stderr, flush=True)
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _source_identity(src: dict) -> dict:
+    """What identifies a data source's content: file hashes for local files, id + revision for the hub."""
+    p = Path(src["path"]).expanduser()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
+    return {**src, "sha256": {str(f): _file_hash(f) for f in files}}
+
+
+def stage_inputs(recipe: dict, stage: dict, init: dict) -> dict:
+    return {
+        "stage": stage, "seed": recipe["seed"], "base_model": recipe["base_model"], "init": init,
+        "data": {name: _source_identity(recipe["data"][name]) for name in stage["data"]},
+    }
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _stage_runner(kind: str):
+    if kind == "sft":
+        from finetune.stages import sft
+
+        return sft.run
+    raise UserError(f"stage kind '{kind}' is not available in this version (available: {', '.join(RUNNABLE_KINDS)})")
+
+
+def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = None,
+               force: bool = False) -> dict:
+    """Run (or skip, or resume) every stage of a validated recipe. Returns {stage name: manifest}."""
+    run_dir = Path(output_dir or recipe["output_dir"])
+    names = [s["name"] for s in recipe["stages"]]
+    if only and only not in names:
+        raise UserError(f"--only {only}: the recipe has no stage named '{only}' (stages: {', '.join(names)})")
+    for stage in recipe["stages"]:
+        if stage["kind"] not in RUNNABLE_KINDS:
+            _stage_runner(stage["kind"])  # raises the clear error before any training
+    mf.claim_run_dir(run_dir, recipe["name"])
+    if _is_main_process():
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump({k: v for k, v in recipe.items() if k != "source"},
+                                                             sort_keys=False))
+    init = {"model": None, "tokenizer": None, "fingerprint": None}
+    results = {}
+    for stage in recipe["stages"]:
+        stage_dir = run_dir / stage["name"]
+        inputs = stage_inputs(recipe, stage, init)
+        fp = mf.inputs_fingerprint(**inputs)
+        done = mf.read_json(stage_dir / "manifest.json")
+        if only and stage["name"] != only:
+            if not done:
+                raise UserError(f"--only {only}: stage '{stage['name']}' before it has not finished; run it first")
+            results[stage["name"]] = done
+            init = {"model": done["artifact"]["model"], "tokenizer": done["artifact"]["model"],
+                    "fingerprint": done["inputs_fingerprint"]}
+            continue
+        if done and done.get("inputs_fingerprint") == fp:
+            log(f"{stage['name']}: done with unchanged inputs, skipped ({stage_dir})")
+        else:
+            started = mf.read_json(stage_dir / "inputs.json")
+            if (done or started) and (started or {}).get("inputs_fingerprint") != fp:
+                if not force:
+                    raise UserError(f"{stage_dir}: this stage was run with other inputs (recipe, data or base "
+                                    f"model changed); pass --force to retrain it, or use another --output-dir")
+                if _is_main_process():
+                    shutil.rmtree(stage_dir)
+            done = _run_stage(recipe, stage, init, stage_dir, fp)
+        results[stage["name"]] = done
+        # Only SFT exists in this version; it always hands its model (adapter or full) to the next stage.
+        init = {"model": done["artifact"]["model"], "tokenizer": done["artifact"]["model"], "fingerprint": fp}
+    return results
+
+
+def _run_stage(recipe: dict, stage: dict, init: dict, stage_dir: Path, fp: str) -> dict:
+    runner = _stage_runner(stage["kind"])
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    if _is_main_process():
+        mf.write_json_atomic(stage_dir / "inputs.json", {"inputs_fingerprint": fp})
+    log(f"{stage['name']}: {stage['kind']} stage -> {stage_dir}")
+    started = time.time()
+    out = runner(recipe, stage, init, stage_dir, log=lambda m: log(f"{stage['name']}: {m}"))
+    manifest = {
+        "stage": stage["name"], "kind": stage["kind"], "recipe": recipe["name"], "seed": recipe["seed"],
+        "inputs_fingerprint": fp, "init": init, "resolved_recipe": {k: v for k, v in recipe.items()},
+        "artifact": out.pop("artifact"), "data_fingerprint": out["data"]["fingerprint"],
+        **out, "packages": mf.package_versions(), "git_commit": mf.git_commit(), "host": mf.host_summary(),
+        "timings": {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+                    "seconds": round(time.time() - started, 2)},
+    }
+    if _is_main_process():
+        history = manifest.pop("log_history", [])
+        with (stage_dir / "metrics.jsonl").open("w") as f:
+            for row in history:
+                f.write(json.dumps(row) + "\n")
+        mf.write_json_atomic(stage_dir / "manifest.json", manifest)  # last: the stage is now done
+    log(f"{stage['name']}: done in {manifest['timings']['seconds']} s")
+    return manifest

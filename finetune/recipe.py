@@ -1,0 +1,280 @@
+"""Load a recipe YAML: `extends:`, command-line overrides, validation and defaults, before anything heavy.
+
+Errors are `UserError`s that name the file and the dotted key, e.g.
+`recipes/x.yaml: stages[0].train.learnig_rate: unknown SFTConfig field; did you mean 'learning_rate'?`
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from finetune import schema
+from finetune.errors import UserError
+from finetune.schema import REQUIRED, Key, ListOf, MapOf, Section
+from finetune.trl_fields import check_value_type, config_class_name, config_fields
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
+
+
+def did_you_mean(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def read_yaml(path: Path) -> dict:
+    """Read one YAML mapping, turning every failure into a one-line error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: recipe file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read recipe ({e.__class__.__name__}: {e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        raise UserError(f"{path}: recipe is empty")
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def merge(base: Any, over: Any) -> Any:
+    """Deep-merge `over` onto `base`. Stage lists merge by stage name; other lists are replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = merge(base[k], v) if k in base else copy.deepcopy(v)
+        return out
+    if isinstance(base, list) and isinstance(over, list) and all(_stage_like(s) for s in base + over):
+        out = [copy.deepcopy(s) for s in base]
+        names = [_stage_name(s) for s in out]
+        for s in over:
+            if _stage_name(s) in names:
+                i = names.index(_stage_name(s))
+                out[i] = merge(out[i], s)
+            else:
+                out.append(copy.deepcopy(s))
+        return out
+    return copy.deepcopy(over)
+
+
+def _stage_like(x: Any) -> bool:
+    return isinstance(x, dict) and ("kind" in x or "name" in x)
+
+
+def _stage_name(stage: dict) -> str:
+    return stage.get("name") or stage.get("kind")
+
+
+def _load_with_extends(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
+        raise UserError(f"{path}: extends: cycle ({chain})")
+    data = read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise UserError(f"{path}: extends: expected a path to a recipe, got {type(parent).__name__}")
+    parent_path = (path.parent / parent)
+    if not parent_path.exists():
+        raise UserError(f"{path}: extends: {parent} not found (paths are relative to the recipe's folder)")
+    return merge(_load_with_extends(parent_path, (*seen, path.resolve())), data)
+
+
+def apply_override(recipe: dict, assignment: str, source: str = "command line") -> None:
+    """Apply one `a.b.c=value` override in place; value is parsed as YAML (numbers, bools, lists)."""
+    if "=" not in assignment:
+        raise UserError(f"{source}: override '{assignment}' must look like key.sub=value")
+    dotted, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = [p for p in dotted.strip().split(".") if p]
+    if not parts:
+        raise UserError(f"{source}: override '{assignment}' has no key")
+    node: Any = recipe
+    for i, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            node = _list_item(node, part, here, source)
+        elif isinstance(node, dict):
+            if part not in node or node[part] is None:
+                node[part] = {}
+            node = node[part]
+        else:
+            raise UserError(f"{source}: override {dotted}: {here} is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        raise UserError(f"{source}: override {dotted}: name a key inside the list item, e.g. {dotted}.key=value")
+    if not isinstance(node, dict):
+        raise UserError(f"{source}: override {dotted}: parent is a value, not a section")
+    node[last] = value
+
+
+def _list_item(items: list, part: str, here: str, source: str) -> Any:
+    if part.isdigit():
+        if int(part) >= len(items):
+            raise UserError(f"{source}: override {here}: index out of range (the list has {len(items)} items)")
+        return items[int(part)]
+    names = [_stage_name(s) for s in items if isinstance(s, dict)]
+    for s in items:
+        if isinstance(s, dict) and _stage_name(s) == part:
+            return s
+    raise UserError(f"{source}: override {here}: no stage named '{part}'{did_you_mean(part, names)}")
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {int: "integer", float: "number", str: "string", bool: "true/false", list: "list", dict: "mapping"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _check(spec: Any, value: Any, key: str, file: str) -> Any:
+    """Validate `value` against `spec`, returning it with defaults filled in."""
+    if isinstance(spec, Section):
+        if value is None:
+            return None if spec.default is None else _check(spec, {}, key, file)
+        if not isinstance(value, dict):
+            raise UserError(f"{file}: {key}: expected a mapping, got {type(value).__name__}")
+        for k in value:
+            if k not in spec.keys:
+                raise UserError(f"{file}: {_join(key, k)}: unknown key{did_you_mean(str(k), spec.keys)}")
+        out = {}
+        for k, sub in spec.keys.items():
+            if k in value:
+                out[k] = _check(sub, value[k], _join(key, k), file)
+            elif isinstance(sub, Key) and sub.default is REQUIRED:
+                raise UserError(f"{file}: {_join(key, k)}: required key missing ({sub.help})")
+            elif isinstance(sub, Key):
+                out[k] = copy.deepcopy(sub.default)
+            elif isinstance(sub, Section):
+                out[k] = _check(sub, None, _join(key, k), file)
+            else:
+                out[k] = {} if isinstance(sub, MapOf) else []
+        return out
+    if isinstance(spec, MapOf):
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise UserError(f"{file}: {key}: expected a mapping of names, got {type(value).__name__}")
+        return {k: _check(spec.value, v, f"{key}.{k}", file) for k, v in value.items()}
+    if isinstance(spec, ListOf):
+        if not isinstance(value, list):
+            raise UserError(f"{file}: {key}: expected a list, got {type(value).__name__}")
+        return [_check(spec.item, v, f"{key}[{i}]", file) for i, v in enumerate(value)]
+    # Key
+    if value is None:
+        if spec.default is REQUIRED:
+            raise UserError(f"{file}: {key}: must not be empty ({spec.help})")
+        return None
+    ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
+    if not ok:
+        raise UserError(f"{file}: {key}: expected {_type_name(spec.types)}, got {value!r}")
+    if spec.choices and value not in spec.choices:
+        hint = did_you_mean(str(value), [str(c) for c in spec.choices])
+        raise UserError(f"{file}: {key}: '{value}' is not one of {', '.join(map(str, spec.choices))}{hint}")
+    return value
+
+
+def _join(key: str, sub: Any) -> str:
+    return f"{key}.{sub}" if key else str(sub)
+
+
+def _check_train_block(kind: str, train: dict, key: str, file: str) -> None:
+    fields = config_fields(kind)
+    cls = config_class_name(kind)
+    for name, value in train.items():
+        if name not in fields:
+            raise UserError(f"{file}: {key}.{name}: unknown {cls} field{did_you_mean(str(name), fields)}")
+        expected = check_value_type(fields[name].annotation, value)
+        if expected:
+            raise UserError(f"{file}: {key}.{name}: {cls} expects {expected}, got {value!r}")
+    for owned in ("output_dir", "seed"):
+        if owned in train:
+            raise UserError(f"{file}: {key}.{owned}: set by the toolkit; use the recipe's top-level `{owned}`")
+
+
+def _check_local_path(value: str, key: str, file: str, kind: str) -> None:
+    p = Path(value).expanduser()
+    if p.exists():
+        return
+    looks_local = value.startswith((".", "/", "~")) or p.suffix in DATA_SUFFIXES or p.suffix == ".jinja"
+    if looks_local or not HUB_ID.match(value):
+        raise UserError(f"{file}: {key}: {kind} '{value}' not found (relative paths are from the working directory)")
+
+
+def validate(raw: dict, file: str) -> dict:
+    """Check a merged, overridden recipe dict and return it with every default filled in."""
+    recipe = _check(schema.RECIPE, raw, "", file)
+    if recipe["base_model"] is None or not raw.get("base_model"):
+        raise UserError(f"{file}: base_model: required section missing (base_model.path is the model to train)")
+    if not recipe["stages"]:
+        raise UserError(f"{file}: stages: a recipe needs at least one stage")
+    bm = recipe["base_model"]
+    _check_local_path(bm["path"], "base_model.path", file, "model")
+    for k in ("tokenizer",):
+        if bm[k]:
+            _check_local_path(bm[k], f"base_model.{k}", file, "tokenizer")
+    if bm["chat_template"] and not Path(bm["chat_template"]).is_file():
+        raise UserError(f"{file}: base_model.chat_template: file '{bm['chat_template']}' not found")
+    for name, src in recipe["data"].items():
+        _check_local_path(src["path"], f"data.{name}.path", file, "data")
+        for col in src["columns"]:
+            if col not in schema.COLUMN_TARGETS:
+                raise UserError(f"{file}: data.{name}.columns.{col}: not a standard column; use one of "
+                                f"{', '.join(schema.COLUMN_TARGETS)}{did_you_mean(col, schema.COLUMN_TARGETS)}")
+    seen_names: set[str] = set()
+    for i, stage in enumerate(recipe["stages"]):
+        key = f"stages[{i}]"
+        stage["name"] = stage["name"] or stage["kind"]
+        if stage["name"] in seen_names:
+            raise UserError(f"{file}: {key}.name: duplicate stage name '{stage['name']}'; give each stage a name")
+        seen_names.add(stage["name"])
+        sources = stage["data"] if isinstance(stage["data"], dict) else {n: 1.0 for n in stage["data"]}
+        if not sources:
+            raise UserError(f"{file}: {key}.data: name at least one data source")
+        for src, weight in sources.items():
+            if src not in recipe["data"]:
+                raise UserError(f"{file}: {key}.data: unknown data source '{src}'{did_you_mean(str(src), recipe['data'])}")
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+                raise UserError(f"{file}: {key}.data.{src}: weight must be a positive number, got {weight!r}")
+        stage["data"] = {k: float(v) for k, v in sources.items()}
+        if stage["eval_split"] < 0 or (stage["eval_split"] >= 1 and stage["eval_split"] != int(stage["eval_split"])):
+            raise UserError(f"{file}: {key}.eval_split: use a fraction in [0, 1) or a whole count of rows")
+        if stage["quantization"] and not stage["peft"]:
+            raise UserError(f"{file}: {key}.quantization: a quantised base can only be trained through an "
+                            f"adapter; add a `peft:` block (QLoRA) or remove `quantization`")
+        _check_train_block(stage["kind"], stage["train"], f"{key}.train", file)
+    if recipe["eval"]:
+        for j, task in enumerate(recipe["eval"]["tasks"]):
+            if task.endswith((".yaml", ".yml")) and not Path(task).is_file():
+                raise UserError(f"{file}: eval.tasks[{j}]: task file '{task}' not found")
+    return recipe
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Read, extend, override and validate a recipe. Returns the resolved recipe dict."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; give a recipe .yaml file")
+    raw = _load_with_extends(path)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    recipe = validate(raw, str(path))
+    recipe["name"] = recipe["name"] or path.stem
+    recipe["output_dir"] = recipe["output_dir"] or str(Path("runs") / recipe["name"])
+    recipe["source"] = {"file": str(path), "overrides": list(overrides)}
+    return recipe

@@ -1,0 +1,135 @@
+"""The recipe schema: every key a recipe may hold, its type, default and meaning.
+
+This table is the recipe reference (README's "Recipe reference" is generated from it by
+`finetune reference`). Stage `train:` blocks are not listed here: they are checked against the TRL config
+dataclass of the stage's kind (see trl_fields.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+REQUIRED = object()
+
+
+@dataclass
+class Key:
+    """A leaf value: allowed Python types, default, allowed choices and help text."""
+
+    types: tuple[type, ...]
+    default: Any = None
+    help: str = ""
+    choices: tuple[Any, ...] | None = None
+
+
+@dataclass
+class Section:
+    """A mapping with fixed keys."""
+
+    keys: dict[str, Any]
+    help: str = ""
+    default: Any = field(default_factory=dict)
+
+
+@dataclass
+class MapOf:
+    """A mapping from user-chosen names to values of one schema."""
+
+    value: Any
+    help: str = ""
+
+
+@dataclass
+class ListOf:
+    """A list of values of one schema."""
+
+    item: Any
+    help: str = ""
+
+
+STAGE_KINDS = ("sft", "reward", "ppo", "dpo", "rloo", "grpo")
+# Kinds this version can run; the others are validated but refused by `finetune run`.
+RUNNABLE_KINDS = ("sft",)
+DATA_FORMATS = ("auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text")
+COLUMN_TARGETS = ("messages", "conversations", "instruction", "input", "output", "system",
+                  "prompt", "completion", "text")
+
+BASE_MODEL = Section({
+    "path": Key((str,), REQUIRED, "hub id (org/name) or local directory of a pretrained causal LM"),
+    "revision": Key((str,), None, "hub revision (branch, tag or commit) to pin"),
+    "dtype": Key((str,), "auto", "weights dtype", ("auto", "float32", "bfloat16", "float16")),
+    "attn_implementation": Key((str,), None, "attention kernel; null lets transformers choose",
+                               ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")),
+    "trust_remote_code": Key((bool,), False, "run modelling code shipped with the checkpoint (off by default)"),
+    "tokenizer": Key((str,), None, "tokenizer hub id or directory when it differs from `path`"),
+    "chat_template": Key((str,), None, "a .jinja file that replaces the tokenizer's chat template"),
+}, "the pretrained model every stage starts from")
+
+DATA_SOURCE = Section({
+    "path": Key((str,), REQUIRED, "a .json/.jsonl/.csv/.parquet file, a directory of them, or a hub dataset id"),
+    "format": Key((str,), "auto", "instruction format; auto detects it from the columns", DATA_FORMATS),
+    "columns": MapOf(Key((str,)), "rename your columns to the standard ones, e.g. {prompt: question}"),
+    "split": Key((str,), "train", "split to read"),
+    "subset": Key((str,), None, "hub dataset configuration name"),
+    "revision": Key((str,), None, "hub dataset revision"),
+    "max_rows": Key((int,), None, "read at most this many rows (after a seeded shuffle)"),
+})
+
+PEFT = Section({
+    "method": Key((str,), "lora", "adapter type", ("lora", "dora", "rslora")),
+    "r": Key((int,), 16, "adapter rank"),
+    "alpha": Key((int, float), 32, "LoRA alpha (scaling = alpha / r, or alpha / sqrt(r) for rslora)"),
+    "dropout": Key((int, float), 0.05, "dropout on the adapter input"),
+    "target_modules": Key((str, list), "all-linear", "modules to adapt; all-linear = every linear but lm_head"),
+    "modules_to_save": Key((list,), None, "modules trained in full and saved with the adapter"),
+}, "adapter finetuning; omit (or null) for full finetuning", default=None)
+
+QUANTIZATION = Section({
+    "bits": Key((int,), 4, "4 = QLoRA (bitsandbytes NF4/FP4); 8 = LLM.int8", (4, 8)),
+    "quant_type": Key((str,), "nf4", "4-bit data type", ("nf4", "fp4")),
+    "double_quant": Key((bool,), True, "quantise the quantisation constants too"),
+    "compute_dtype": Key((str,), "bfloat16", "dtype of the matmuls", ("float32", "bfloat16", "float16")),
+}, "load the base quantised (needs `peft`); omit for full precision", default=None)
+
+AUDIT = Section({
+    "enabled": Key((bool,), True, "run the label audit before training"),
+    "max_truncated_share": Key((int, float), 0.05,
+                               "error when truncation cuts into the answer of more than this share of rows"),
+    "require_eos": Key((bool,), True, "error when the end-of-turn/EOS token is never supervised"),
+})
+
+STAGE = Section({
+    "name": Key((str,), None, "stage name, used for its run folder; defaults to the kind"),
+    "kind": Key((str,), REQUIRED, "what the stage trains", STAGE_KINDS),
+    "data": Key((list, dict), REQUIRED,
+                "data source names, or a mapping name -> weight for a weighted mixture"),
+    "eval_split": Key((int, float), 0, "held-out rows: a fraction (<1) or a count (>=1); 0 = none"),
+    "max_rows": Key((int,), None, "total training rows of the mixture (default: sum of the sources)"),
+    "loss": Key((str,), "auto",
+                "auto: assistant-only for chat data, completion-only for prompt/completion, full for text",
+                ("auto", "assistant_only", "completion_only", "full")),
+    "peft": PEFT,
+    "quantization": QUANTIZATION,
+    "audit": AUDIT,
+    "train": Key((dict,), {}, "passed to the TRL config of this kind (SFTConfig, DPOConfig, ...)"),
+})
+
+EVAL = Section({
+    "tasks": ListOf(Key((str,)), "eval task specs: a name under eval/tasks/ or a .yaml path"),
+    "base": Key((bool,), True, "also evaluate the untrained base model"),
+    "batch_size": Key((int,), 16, "generation batch size"),
+    "limit": Key((int,), None, "evaluate at most this many questions per task"),
+    "max_new_tokens": Key((int,), None, "override every task's max_new_tokens"),
+})
+
+RECIPE = Section({
+    "extends": Key((str,), None, "a recipe this one builds on (path relative to this file)"),
+    "name": Key((str,), None, "run name; defaults to the recipe file's stem"),
+    "seed": Key((int,), 42, "seed for data order, splits, initialisation and training"),
+    "output_dir": Key((str,), None, "where runs go; default runs/<name>"),
+    "base_model": BASE_MODEL,
+    "data": MapOf(DATA_SOURCE, "named data sources that stages refer to"),
+    "stages": ListOf(STAGE, "stages, run in order"),
+    "eval": Section(EVAL.keys, "evaluation after every stage", default=None),
+})

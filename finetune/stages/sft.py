@@ -1,0 +1,86 @@
+"""SFT stage: TRL's SFTTrainer on the recipe's instruction data, full or LoRA/QLoRA, after a label audit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finetune import audit, modeling
+from finetune.data import stage_data
+from finetune.errors import UserError
+from finetune.manifest import last_checkpoint, sha256_text
+from finetune.stages.common import build_config
+
+# stage.loss -> (assistant_only_loss, completion_only_loss) for each data kind; None = not applicable.
+LOSS_FLAGS = {
+    "chat": {"auto": (True, None), "assistant_only": (True, None), "full": (False, None)},
+    "prompt_completion": {"auto": (False, True), "completion_only": (False, True), "full": (False, False)},
+    "text": {"auto": (False, None), "full": (False, None)},
+}
+
+
+def loss_flags(kind: str, loss: str, stage_name: str) -> dict:
+    flags = LOSS_FLAGS[kind].get(loss)
+    if flags is None:
+        raise UserError(f"stage {stage_name}: loss '{loss}' does not apply to {kind} data; use "
+                        f"{' or '.join(LOSS_FLAGS[kind])}")
+    out = {"assistant_only_loss": flags[0]}
+    if flags[1] is not None:
+        out["completion_only_loss"] = flags[1]
+    return out
+
+
+def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
+    """Train one SFT stage; returns what the manifest records (artifact, data and audit reports, metrics)."""
+    from trl import SFTConfig, SFTTrainer
+
+    for owned in ("assistant_only_loss", "completion_only_loss"):
+        if owned in stage["train"]:
+            raise UserError(f"stage {stage['name']}: train.{owned}: set the stage's `loss:` instead")
+    tokenizer = modeling.load_tokenizer(recipe["base_model"], init.get("tokenizer"))
+    data = stage_data(recipe, stage)
+    for name, src in data["report"]["sources"].items():
+        dropped = ", ".join(f"{n} {r}" for r, n in src["dropped"].items())
+        log(f"data {name}: {src['rows']} rows, format {src['format']}" + (f", dropped {dropped}" if dropped else ""))
+    if data["kind"] == "chat" and not tokenizer.chat_template:
+        raise UserError(f"stage {stage['name']}: chat data needs a chat template, and the tokenizer of "
+                        f"'{recipe['base_model']['path']}' has none; set base_model.chat_template to a .jinja file")
+    args = build_config(SFTConfig, stage, recipe["seed"], stage_dir, data["eval"] is not None,
+                        **loss_flags(data["kind"], stage["loss"], stage["name"]))
+    model = modeling.load_base_model(recipe["base_model"], stage["quantization"], path=init.get("model"))
+    model = modeling.prepare_trainable(model, stage["peft"], stage["quantization"], args.gradient_checkpointing)
+    params = modeling.count_parameters(model)
+    log(f"model: {params['trainable']:,} of {params['total']:,} parameters trainable")
+    try:
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["eval"],
+                             processing_class=tokenizer)
+    except ValueError as e:
+        if "chat template" in str(e).lower() or "generation" in str(e).lower():
+            raise UserError(f"stage {stage['name']}: assistant-only loss needs {{% generation %}} markers in the "
+                            f"chat template and TRL has no training template for this one; set "
+                            f"base_model.chat_template to a template with them, or loss: full") from None
+        raise
+    report = None
+    if stage["audit"]["enabled"]:
+        report = audit.label_audit(trainer, data["train"], stage["audit"], tokenizer.eos_token_id)
+        log(audit.format_report(report))
+    resume = last_checkpoint(stage_dir / "checkpoints")
+    if resume:
+        log(f"resuming from {resume.name}")
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    trainer.save_model(str(stage_dir / "model"))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(stage_dir / "model"))
+    return {
+        "artifact": {"model": str(stage_dir / "model"), "adapter": stage["peft"] is not None,
+                     "base": init.get("model") or recipe["base_model"]["path"],
+                     "quantization": stage["quantization"]},
+        "data": data["report"],
+        "label_audit": report,
+        "parameters": params,
+        "train_metrics": result.metrics,
+        "log_history": trainer.state.log_history,
+        "training_args": {k: v for k, v in args.to_dict().items() if k in stage["train"] or k in (
+            "bf16", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "max_length", "packing", "assistant_only_loss", "completion_only_loss")},
+        "chat_template_sha256": sha256_text(tokenizer.chat_template),
+    }
