@@ -26,30 +26,45 @@ KIND_OF_FORMAT = {"messages": "chat", "alpaca": "chat", "sharegpt": "chat",
 
 
 def _check_json_file(path: Path) -> None:
-    """Find the first malformed line of a JSON Lines file (datasets' own error does not name it)."""
-    with path.open(encoding="utf-8", errors="strict") as f:
+    """Fail with the file and line of the first malformed record (datasets' own error names neither).
+
+    A file is accepted when it parses as one JSON document (array or object) or as JSON Lines, whatever its
+    suffix: many datasets ship JSON Lines under `.json`.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    if not text.strip():
+        raise UserError(f"{path}: file is empty (no rows)")
+    try:
+        json.loads(text)
+        return
+    except json.JSONDecodeError as whole:
+        document_error = whole
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
         try:
-            head = f.read(1)
-        except UnicodeDecodeError:
-            raise UserError(f"{path}: not UTF-8 text") from None
-        if head == "[" or path.suffix == ".json" and head == "{":
-            f.seek(0)
-            try:
-                json.load(f)
-            except json.JSONDecodeError as e:
-                if head == "[" or path.suffix == ".json":
-                    raise UserError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
-            return
-        f.seek(0)
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: malformed JSON line ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{n}: each line must be a JSON object, got {type(row).__name__}")
+            row = json.loads(line)
+        except json.JSONDecodeError as line_error:
+            if text.lstrip().startswith("[") or (path.suffix == ".json" and n == 1):
+                doc = document_error
+                raise UserError(f"{path}:{doc.lineno}: malformed JSON ({doc.msg})") from None
+            raise UserError(f"{path}:{n}: malformed JSON line ({line_error.msg} at column "
+                            f"{line_error.colno})") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{n}: each line must be a JSON object, got {type(row).__name__}")
+
+
+def _text_features(csv_path: Path):
+    import csv
+
+    import datasets
+
+    with csv_path.open(encoding="utf-8", newline="") as f:
+        header = next(csv.reader(f), [])
+    return datasets.Features({name: datasets.Value("string") for name in header})
 
 
 def load_source(name: str, src: dict, seed: int):
@@ -66,7 +81,11 @@ def load_source(name: str, src: dict, seed: int):
                                 f"use {', '.join(LOADERS)}")
             if loader == "json":
                 _check_json_file(path)
-            ds = datasets.load_dataset(loader, data_files=str(path), split="train")
+            elif path.stat().st_size == 0:
+                raise UserError(f"{path}: file is empty (no rows)")
+            # CSV cells are text: read them as such, or " 18" becomes the integer 18 and loses its space.
+            extra = {"features": _text_features(path), "keep_default_na": False} if loader == "csv" else {}
+            ds = datasets.load_dataset(loader, data_files=str(path), split="train", **extra)
         elif path.is_dir():
             ds = datasets.load_dataset(str(path), split=src["split"])
         else:
@@ -85,7 +104,10 @@ def load_source(name: str, src: dict, seed: int):
         if missing:
             raise UserError(f"{src['path']}: {where}.columns names column(s) {missing} that the data lacks; "
                             f"found {ds.column_names}")
-        ds = ds.rename_columns({old: new for new, old in src["columns"].items() if old != new})
+        renames = {old: new for new, old in src["columns"].items() if old != new}
+        # A mapped-to name that already exists is replaced by the mapped column, as the user asked.
+        shadowed = [new for new in renames.values() if new in ds.column_names and new not in renames]
+        ds = ds.remove_columns(shadowed).rename_columns(renames)
     if src["max_rows"] and len(ds) > src["max_rows"]:
         ds = ds.shuffle(seed=seed).select(range(src["max_rows"]))
     return ds
@@ -110,6 +132,7 @@ def detect_format(columns: list[str], declared: str, where: str) -> str:
 
 def _normalise_row(row: dict, fmt: str) -> tuple[dict | None, str | None]:
     """Return (normalised row, None) or (None, reason it is dropped). Raises ValueError for malformed rows."""
+    row = {k: ("" if v is None and k in ("text", "prompt", "completion", "input") else v) for k, v in row.items()}
     if fmt == "text":
         text = row["text"]
         if not isinstance(text, str):
@@ -178,21 +201,34 @@ def normalise(ds, fmt: str, where: str):
     return datasets.Dataset.from_list(rows), dropped
 
 
-def mix(parts: dict[str, tuple[Any, float]], total: int | None, seed: int):
-    """Weighted mixture: each source gives round(total * weight share) rows, repeating (seeded) when short."""
+def mix(parts: dict[str, tuple[Any, float | None]], total: int | None, seed: int):
+    """Combine a stage's sources.
+
+    Without weights (a plain list in the recipe) every row of every source is used once. With weights, source i
+    gives a share weight_i / sum(weights) of `total` rows (default: the sources' row count), repeating its
+    rows (seeded) when it is short; shares are rounded by largest remainder so they add up to `total`.
+    """
     import datasets
 
+    if all(w is None for _, w in parts.values()):
+        mixed = datasets.concatenate_datasets([ds for ds, _ in parts.values()]).shuffle(seed=seed)
+        if total and total < len(mixed):
+            mixed = mixed.select(range(total))
+        return mixed, {name: len(ds) for name, (ds, _) in parts.items()}
     weight_sum = sum(w for _, w in parts.values())
     total = total or sum(len(ds) for ds, _ in parts.values())
-    pieces, counts = [], {}
+    exact = {name: total * w / weight_sum for name, (_, w) in parts.items()}
+    counts = {name: int(x) for name, x in exact.items()}
+    by_remainder = sorted(exact, key=lambda n: exact[n] - counts[n], reverse=True)
+    for name in by_remainder[: total - sum(counts.values())]:
+        counts[name] += 1
+    pieces = []
     for name, (ds, weight) in parts.items():
-        want = round(total * weight / weight_sum)
+        if counts[name] == 0:
+            raise UserError(f"data.{name}: weight {weight} gives it 0 of {total} rows; raise its weight or max_rows")
         shuffled = ds.shuffle(seed=seed)
-        full, rest = divmod(want, len(ds))
-        chunks = [shuffled] * full + ([shuffled.select(range(rest))] if rest else [])
-        if chunks:
-            pieces.append(datasets.concatenate_datasets(chunks))
-        counts[name] = want
+        full, rest = divmod(counts[name], len(ds))
+        pieces += [shuffled] * full + ([shuffled.select(range(rest))] if rest else [])
     return datasets.concatenate_datasets(pieces).shuffle(seed=seed), counts
 
 

@@ -109,3 +109,28 @@ def count_parameters(model) -> dict:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"total": total, "trainable": trainable}
+
+
+def load_adapter(model, adapter_dir: str | Path, is_trainable: bool = False):
+    """Put a saved peft adapter on `model`, each tensor in the dtype it was saved in.
+
+    TRL trains QLoRA adapters in bf16 (following the QLoRA paper) and saves them so; peft upcasts adapters to
+    fp32 on load and, for quantised bases, ignores `autocast_adapter_dtype=False`. Restoring the saved dtypes
+    makes the reloaded model compute exactly what the trained one did.
+    """
+    from peft import PeftModel
+    from safetensors import safe_open
+
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if weights.exists():
+        with safe_open(str(weights), framework="pt") as f:
+            saved = {key: f.get_slice(key).get_dtype() for key in f.keys()}
+        dtypes = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+        import torch
+
+        for name, param in peft_model.named_parameters():
+            key = name.replace(".default", "")
+            if key in saved and saved[key] in dtypes:
+                param.data = param.data.to(getattr(torch, dtypes[saved[key]]))
+    return peft_model

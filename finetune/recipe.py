@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,26 @@ from finetune import schema
 from finetune.errors import UserError
 from finetune.schema import REQUIRED, Key, ListOf, MapOf, Section
 from finetune.trl_fields import check_value_type, config_class_name, config_fields
+
+
+class RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that reads `2e-5` as a float (YAML 1.1 needs `2.0e-5`; every ML recipe writes the former)."""
+
+
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=RecipeLoader)
+
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
@@ -37,7 +58,7 @@ def read_yaml(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read recipe ({e.__class__.__name__}: {e})") from None
     try:
-        data = yaml.safe_load(text)
+        data = parse_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -100,7 +121,7 @@ def apply_override(recipe: dict, assignment: str, source: str = "command line") 
         raise UserError(f"{source}: override '{assignment}' must look like key.sub=value")
     dotted, raw = assignment.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     parts = [p for p in dotted.strip().split(".") if p]
@@ -116,7 +137,7 @@ def apply_override(recipe: dict, assignment: str, source: str = "command line") 
                 node[part] = {}
             node = node[part]
         else:
-            raise UserError(f"{source}: override {dotted}: {here} is a value, not a section")
+            raise UserError(f"{source}: override {dotted}: {'.'.join(parts[:i]) or part} is a value, not a section")
     last = parts[-1]
     if isinstance(node, list):
         raise UserError(f"{source}: override {dotted}: name a key inside the list item, e.g. {dotted}.key=value")
@@ -219,8 +240,6 @@ def _check_local_path(value: str, key: str, file: str, kind: str) -> None:
 def validate(raw: dict, file: str) -> dict:
     """Check a merged, overridden recipe dict and return it with every default filled in."""
     recipe = _check(schema.RECIPE, raw, "", file)
-    if recipe["base_model"] is None or not raw.get("base_model"):
-        raise UserError(f"{file}: base_model: required section missing (base_model.path is the model to train)")
     if not recipe["stages"]:
         raise UserError(f"{file}: stages: a recipe needs at least one stage")
     bm = recipe["base_model"]
@@ -235,7 +254,7 @@ def validate(raw: dict, file: str) -> dict:
         for col in src["columns"]:
             if col not in schema.COLUMN_TARGETS:
                 raise UserError(f"{file}: data.{name}.columns.{col}: not a standard column; use one of "
-                                f"{', '.join(schema.COLUMN_TARGETS)}{did_you_mean(col, schema.COLUMN_TARGETS)}")
+                                f"{', '.join(schema.COLUMN_TARGETS)}{did_you_mean(str(col), schema.COLUMN_TARGETS)}")
     seen_names: set[str] = set()
     for i, stage in enumerate(recipe["stages"]):
         key = f"stages[{i}]"
@@ -243,16 +262,22 @@ def validate(raw: dict, file: str) -> dict:
         if stage["name"] in seen_names:
             raise UserError(f"{file}: {key}.name: duplicate stage name '{stage['name']}'; give each stage a name")
         seen_names.add(stage["name"])
-        sources = stage["data"] if isinstance(stage["data"], dict) else {n: 1.0 for n in stage["data"]}
+        if isinstance(stage["data"], list) and not all(isinstance(n, str) for n in stage["data"]):
+            raise UserError(f"{file}: {key}.data: list data source names, or map names to weights "
+                            f"({{chat: 3, alpaca: 1}})")
+        weighted = isinstance(stage["data"], dict)
+        sources = stage["data"] if weighted else {n: None for n in stage["data"]}
         if not sources:
             raise UserError(f"{file}: {key}.data: name at least one data source")
         for src, weight in sources.items():
             if src not in recipe["data"]:
                 raise UserError(f"{file}: {key}.data: unknown data source '{src}'{did_you_mean(str(src), recipe['data'])}")
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+            if weighted and (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                             or not math.isfinite(weight) or weight <= 0):
                 raise UserError(f"{file}: {key}.data.{src}: weight must be a positive number, got {weight!r}")
-        stage["data"] = {k: float(v) for k, v in sources.items()}
-        if stage["eval_split"] < 0 or (stage["eval_split"] >= 1 and stage["eval_split"] != int(stage["eval_split"])):
+        stage["data"] = {k: None if v is None else float(v) for k, v in sources.items()}
+        stage["train"] = stage["train"] or {}
+        if not math.isfinite(stage["eval_split"]) or stage["eval_split"] < 0 or (stage["eval_split"] >= 1 and stage["eval_split"] != int(stage["eval_split"])):
             raise UserError(f"{file}: {key}.eval_split: use a fraction in [0, 1) or a whole count of rows")
         if stage["quantization"] and not stage["peft"]:
             raise UserError(f"{file}: {key}.quantization: a quantised base can only be trained through an "

@@ -103,7 +103,7 @@ STAGE = Section({
     "name": Key((str,), None, "stage name, used for its run folder; defaults to the kind"),
     "kind": Key((str,), REQUIRED, "what the stage trains", STAGE_KINDS),
     "data": Key((list, dict), REQUIRED,
-                "data source names, or a mapping name -> weight for a weighted mixture"),
+                "source names (every row used once), or a mapping name -> weight (a weighted mixture)"),
     "eval_split": Key((int, float), 0, "held-out rows: a fraction (<1) or a count (>=1); 0 = none"),
     "max_rows": Key((int,), None, "total training rows of the mixture (default: sum of the sources)"),
     "loss": Key((str,), "auto",

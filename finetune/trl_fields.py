@@ -2,7 +2,7 @@
 
 Importing `trl.SFTConfig` pulls in torch and transformers' TrainingArguments: about ten seconds on a small
 machine. `finetune validate` must answer in well under a second, so we parse the dataclass sources with `ast`
-instead. tests/test_trl_fields.py checks that what we parse equals `dataclasses.fields()` of the real classes,
+instead. tests/test_recipe.py checks that what we parse equals `dataclasses.fields()` of the real classes,
 so a TRL release that moves things breaks a test rather than a user's validation.
 """
 

@@ -53,6 +53,12 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     try:
         trainer = SFTTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["eval"],
                              processing_class=tokenizer)
+    except RuntimeError as e:
+        if "no assistant tokens" not in str(e):
+            raise
+        raise UserError(f"stage {stage['name']}: label audit: a row has no supervised assistant token under the "
+                        f"chat template (does every conversation end with an assistant turn the template marks "
+                        f"with {{% generation %}}?)") from None
     except ValueError as e:
         if "chat template" in str(e).lower() or "generation" in str(e).lower():
             raise UserError(f"stage {stage['name']}: assistant-only loss needs {{% generation %}} markers in the "

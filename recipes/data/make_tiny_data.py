@@ -241,7 +241,7 @@ CAPITAL_ALPACA = [
 def gen_capital(rng):
     c, city = rng.choice(CAPITALS)
     prompt = rng.choice(CAPITAL_TEMPLATES).format(c=c)
-    fact = "The capital of {} is {}.".format(c, city)
+    fact = f"The capital of {c} is {city}."
     return sample("capital", prompt, fact, city, fact,
                   rng.choice(CAPITAL_ALPACA), c)
 
@@ -269,7 +269,7 @@ def gen_opposite(rng):
     if rng.random() < 0.5:
         a, b = b, a
     prompt = rng.choice(OPPOSITE_TEMPLATES).format(w=a)
-    fact = "The opposite of {} is {}.".format(a, b)
+    fact = f"The opposite of {a} is {b}."
     return sample("opposite", prompt, fact, b, fact,
                   rng.choice(OPPOSITE_ALPACA), a)
 
@@ -310,13 +310,13 @@ def gen_arith(rng):
         b = rng.randint(0, 19 - a)
         r = a + b
         tpl, ans = rng.choice(ADD_TEMPLATES)
-        fact = "{} plus {} is {}.".format(a, b, r)
+        fact = f"{a} plus {b} is {r}."
     else:
         a = rng.randint(1, 19)
         b = rng.randint(0, a)
         r = a - b
         tpl, ans = rng.choice(SUB_TEMPLATES)
-        fact = "{} minus {} is {}.".format(a, b, r)
+        fact = f"{a} minus {b} is {r}."
     if "apples" in tpl and (a < 2 or b < 1 or r < 2):
         # keep the word problems grammatical ("1 apples") and sensible
         return gen_arith(rng)
@@ -346,7 +346,7 @@ PLURAL_ALPACA = [
 def gen_plural(rng):
     w, p = rng.choice(PLURALS)
     prompt = rng.choice(PLURAL_TEMPLATES).format(w=w)
-    fact = "The plural of {} is {}.".format(w, p)
+    fact = f"The plural of {w} is {p}."
     return sample("plural", prompt, fact, p, fact,
                   rng.choice(PLURAL_ALPACA), w)
 
@@ -379,38 +379,36 @@ def qa_context(rng, n=None, kind=None):
     kind = rng.randrange(QA_KINDS) if kind is None else kind
     if kind == 0:
         p, j = rng.choice(PLACES), rng.choice(JOBS)
-        ctx = "{} lives in {} and works as {}.".format(n, p, article(j))
-        qas = [("Where does {} live?".format(n), p),
-               ("What is {}'s job?".format(n), cap(article(j)))]
+        ctx = f"{n} lives in {p} and works as {article(j)}."
+        qas = [(f"Where does {n} live?", p),
+               (f"What is {n}'s job?", cap(article(j)))]
     elif kind == 1:
         p1, p2 = rng.sample(PLACES, 2)
-        ctx = "{} was born in {}. Now {} lives in {}.".format(n, p1, n, p2)
-        qas = [("Where was {} born?".format(n), p1),
-               ("Where does {} live now?".format(n), p2)]
+        ctx = f"{n} was born in {p1}. Now {n} lives in {p2}."
+        qas = [(f"Where was {n} born?", p1),
+               (f"Where does {n} live now?", p2)]
     elif kind == 2:
         pet, pn, age = rng.choice(PETS), rng.choice(PET_NAMES), rng.randint(2, 9)
-        ctx = "{} has {} called {}. The {} is {} years old.".format(
-            n, article(pet), pn, pet, age)
-        qas = [("What is the name of {}'s {}?".format(n, pet), pn),
-               ("How old is {}'s {}?".format(n, pet), "{} years old".format(age)),
-               ("What animal does {} have?".format(n), cap(article(pet)))]
+        ctx = f"{n} has {article(pet)} called {pn}. The {pet} is {age} years old."
+        qas = [(f"What is the name of {n}'s {pet}?", pn),
+               (f"How old is {n}'s {pet}?", f"{age} years old"),
+               (f"What animal does {n} have?", cap(article(pet)))]
     elif kind == 3:
         k, m = rng.randint(2, 5), rng.randint(2, 5)
-        ctx = "{} has {} brothers and {} sisters.".format(n, k, m)
-        qas = [("How many brothers does {} have?".format(n), str(k)),
-               ("How many sisters does {} have?".format(n), str(m))]
+        ctx = f"{n} has {k} brothers and {m} sisters."
+        qas = [(f"How many brothers does {n} have?", str(k)),
+               (f"How many sisters does {n} have?", str(m))]
     elif kind == 4:
         v, p, d = rng.choice(VEHICLES), rng.choice(PLACES), rng.choice(DAYS)
-        ctx = "On {}, {} took the {} to {}.".format(d, n, v, p)
-        qas = [("Where did {} go?".format(n), p),
-               ("On what day did {} travel?".format(n), d),
-               ("How did {} travel to {}?".format(n, p), "By {}".format(v))]
+        ctx = f"On {d}, {n} took the {v} to {p}."
+        qas = [(f"Where did {n} go?", p),
+               (f"On what day did {n} travel?", d),
+               (f"How did {n} travel to {p}?", f"By {v}")]
     else:
         f, c = rng.choice(FRUITS), rng.choice(COLOR_WORDS)
-        ctx = "{} likes {} more than any other fruit. {}'s favorite color is {}.".format(
-            n, f, n, c)
-        qas = [("Which fruit does {} like most?".format(n), cap(f)),
-               ("What is {}'s favorite color?".format(n), cap(c))]
+        ctx = f"{n} likes {f} more than any other fruit. {n}'s favorite color is {c}."
+        qas = [(f"Which fruit does {n} like most?", cap(f)),
+               (f"What is {n}'s favorite color?", cap(c))]
     return ctx, qas
 
 
@@ -420,7 +418,7 @@ def gen_qa(rng):
     prompt = rng.choice(QA_TEMPLATES).format(ctx=ctx, q=q)
     return sample("extractive_qa", prompt, a, a, ctx,
                   rng.choice(QA_ALPACA).format(q=q), ctx,
-                  question="Context: {}\nQuestion: {}".format(ctx, q))
+                  question=f"Context: {ctx}\nQuestion: {q}")
 
 
 SOUND_TEMPLATES = [
@@ -450,15 +448,15 @@ def gen_animal(rng):
         animal, verb = rng.choice(ANIMAL_SOUNDS)
         a = article(animal)
         prompt = rng.choice(SOUND_TEMPLATES).format(a=a, A=cap(a))
-        fact = "{} {}.".format(cap(a), verb)
+        fact = f"{cap(a)} {verb}."
         return sample("animal", prompt, fact, fact, fact, "What sound does this animal make?", animal)
     animal, n = rng.choice(ANIMAL_LEGS)
     a = article(animal)
     prompt = rng.choice(LEG_TEMPLATES).format(a=a, A=cap(a))
     if n == 0:
-        fact = "{} has no legs.".format(cap(a))
+        fact = f"{cap(a)} has no legs."
     else:
-        fact = "{} has {} legs.".format(cap(a), n)
+        fact = f"{cap(a)} has {n} legs."
     return sample("animal", prompt, fact, str(n), fact,
                   "How many legs does this animal have?", animal)
 
@@ -478,7 +476,7 @@ COLOR_TEMPLATES = [
 def gen_color(rng):
     s, be, c = rng.choice(COLORS)
     prompt = rng.choice(COLOR_TEMPLATES).format(s=s, be=be)
-    fact = "{} {} {}.".format(cap(s), be, c)
+    fact = f"{cap(s)} {be} {c}."
     return sample("color", prompt, fact, c, fact,
                   "What color is this?", s)
 
@@ -504,13 +502,13 @@ def gen_past(rng):
     subj, third = rng.choice(SUBJECTS)
     base, s3, past, objs = rng.choice(VERBS)
     obj = rng.choice(objs)
-    present = "{} {} {}.".format(subj, s3 if third else base, obj)
-    past_s = "{} {} {}.".format(subj, past, obj)
+    present = f"{subj} {s3 if third else base} {obj}."
+    past_s = f"{subj} {past} {obj}."
     prompt = rng.choice(PAST_TEMPLATES).format(s=present)
-    fact = "The past tense of {} is {}.".format(base, past)
+    fact = f"The past tense of {base} is {past}."
     return sample("past_tense", prompt, past_s, past_s, fact,
                   rng.choice(PAST_ALPACA), present,
-                  question="Rewrite in the past tense: {}".format(present))
+                  question=f"Rewrite in the past tense: {present}")
 
 
 GENERATORS = [gen_capital, gen_opposite, gen_arith, gen_plural, gen_qa,
@@ -596,7 +594,7 @@ def build_prompt_completion(rng):
         if "\nQuestion:" in q:  # extractive QA already has a Question: line
             prompt = q + "\nAnswer:"
         else:
-            prompt = "Question: {}\nAnswer:".format(q)
+            prompt = f"Question: {q}\nAnswer:"
         rows.append({"prompt": prompt, "completion": " " + s["short"]})
     return rows
 
@@ -687,9 +685,9 @@ def main():
                        ("tiny_prompt_completion.csv", pc),
                        ("tiny_text.parquet", text)]:
         if name.endswith(".parquet") and not wrote_parquet:
-            print("{:<28} skipped (needs pyarrow)".format(name))
+            print(f"{name:<28} skipped (needs pyarrow)")
             continue
-        print("{:<28} {:>4} rows".format(name, len(rows)))
+        print(f"{name:<28} {len(rows):>4} rows")
 
 
 if __name__ == "__main__":
