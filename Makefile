@@ -10,13 +10,14 @@ export HF_DATASETS_OFFLINE=1
 export HF_EVALUATE_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install test demo lint tiny clean recipes
+.PHONY: help install test demo lint tiny clean bench bench-eval
 
 help:
 	@echo "make install   venv + pinned dependencies (torch first, then the package, editable)"
 	@echo "make test      the offline test suite"
 	@echo "make demo      build tiny models, run the tiny recipe end to end, print EM/F1"
 	@echo "make lint      ruff"
+	@echo "make bench     benchmarks (batched vs one-at-a-time generation)"
 	@echo "make tiny      build the tiny Llama and Qwen2 models under models/"
 
 install: $(STAMP)
@@ -40,6 +41,11 @@ test: $(STAMP)
 
 demo: $(STAMP) $(TINY)
 	$(BIN)/python -m finetune.demo
+
+bench: bench-eval
+
+bench-eval: $(STAMP) $(TINY)
+	$(BIN)/python eval/bench_generation.py --rounds 5
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -44,8 +44,16 @@ def cmd_tiny(args) -> int:
     return 0
 
 
+def _lazy_eval_parser(sub) -> None:
+    from finetune.eval_models import add_eval_parser
+
+    add_eval_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from finetune.score import add_score_parser
+
+    add_eval_parser = _lazy_eval_parser
 
     parser = argparse.ArgumentParser(
         prog="finetune", description="Recipe-driven SFT, reward modelling, PPO/DPO/RLOO and SQuAD-style eval.")
@@ -78,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tiny)
 
     add_score_parser(sub)
+    add_eval_parser(sub)
     return parser
 
 

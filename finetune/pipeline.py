@@ -98,7 +98,44 @@ def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = N
         results[stage["name"]] = done
         # Only SFT exists in this version; it always hands its model (adapter or full) to the next stage.
         init = {"model": done["artifact"]["model"], "tokenizer": done["artifact"]["model"], "fingerprint": fp}
+    if recipe["eval"] and recipe["eval"]["tasks"] and _is_main_process():
+        run_evals(recipe, run_dir, results)
     return results
+
+
+def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
+    """Score the base (if asked) and every finished stage on the recipe's eval tasks; write the table."""
+    from finetune.eval_models import evaluate_models, load_for_eval, write_summary
+    from finetune.evaluation import load_task
+
+    cfg, out_root = recipe["eval"], run_dir / "eval"
+    tasks = [load_task(t) for t in cfg["tasks"]]
+    plan = ([("base", None, None)] if cfg["base"] else []) + [
+        (name, Path(m["artifact"]["model"]), m) for name, m in results.items()]
+    table: dict[str, dict[str, dict]] = {}
+    for label, model_dir, manifest in plan:
+        identity = manifest["inputs_fingerprint"] if manifest else mf.inputs_fingerprint(base=recipe["base_model"])
+        cached = {t["name"]: mf.read_json(out_root / label / t["name"] / "results.json") for t in tasks}
+        if all(c and c.get("model_fingerprint") == identity and c.get("task_sha256") == t["sha256"]
+               for t, c in zip(tasks, cached.values(), strict=True)):
+            table[label] = cached
+            log(f"eval {label}: results up to date, skipped")
+            continue
+        if model_dir is None:
+            from finetune import modeling
+
+            model = modeling.load_base_model(recipe["base_model"]).eval()
+            tokenizer = modeling.load_tokenizer(recipe["base_model"])
+        else:
+            model, tokenizer = load_for_eval(model_dir, manifest, recipe["base_model"])
+        scored = evaluate_models([(label, model, tokenizer)], cfg["tasks"], out_root, cfg["batch_size"],
+                                 cfg["limit"], cfg["max_new_tokens"], log)[label]
+        for name, r in scored.items():
+            r["model_fingerprint"] = identity
+            mf.write_json_atomic(out_root / label / name / "results.json", r)
+        table[label] = scored
+    summary = write_summary(table, out_root)
+    log(f"eval results ({out_root / 'results.md'}):\n{summary}")
 
 
 def _run_stage(recipe: dict, stage: dict, init: dict, stage_dir: Path, fp: str) -> dict:

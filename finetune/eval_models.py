@@ -1,0 +1,106 @@
+"""Find and load what `finetune eval` scores: a model folder, an adapter folder, a stage folder or a run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from finetune import modeling
+from finetune.errors import UserError
+from finetune.evaluation import evaluate_task, load_task, results_table
+from finetune.manifest import read_json, write_json_atomic
+from finetune.pipeline import log
+
+BASE_MODEL_DEFAULTS = {"revision": None, "dtype": "auto", "attn_implementation": None, "trust_remote_code": False,
+                       "tokenizer": None, "chat_template": None}
+
+
+def targets(path: str) -> list[tuple[str, Path, dict | None]]:
+    """(label, model folder, manifest or None) for every model under `path`, in pipeline order."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{path}: no such model or run folder")
+    if (p / "config.json").exists() or (p / "adapter_config.json").exists():
+        manifest = read_json(p.parent / "manifest.json")
+        return [(manifest["stage"] if manifest else p.name, p, manifest)]
+    if (p / "manifest.json").exists():
+        manifest = read_json(p / "manifest.json")
+        return [(manifest["stage"], Path(manifest["artifact"]["model"]), manifest)]
+    recipe = read_json(p / "eval" / "stages.json")
+    stage_dirs = [p / name for name in recipe] if recipe else sorted(d for d in p.iterdir() if d.is_dir())
+    found = []
+    for d in stage_dirs:
+        m = read_json(d / "manifest.json")
+        if m:
+            found.append((m["stage"], Path(m["artifact"]["model"]), m))
+    if not found:
+        raise UserError(f"{path}: neither a model folder (config.json / adapter_config.json) nor a run with "
+                        f"finished stages")
+    return found
+
+
+def load_for_eval(model_dir: Path, manifest: dict | None, base_model: dict | None = None):
+    """Load a full model, or a base + adapter (quantised as it was trained), and its tokenizer."""
+    base_model = {**BASE_MODEL_DEFAULTS, **(base_model or {})}
+    adapter_cfg = model_dir / "adapter_config.json"
+    if adapter_cfg.exists():
+        base_path = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]
+        quant = manifest["artifact"].get("quantization") if manifest else None
+        model = modeling.load_base_model({**base_model, "path": base_path}, quant)
+        model = modeling.load_adapter(model, model_dir)
+    else:
+        model = modeling.load_base_model({**base_model, "path": str(model_dir)})
+    tokenizer = modeling.load_tokenizer({**base_model, "path": str(model_dir)})
+    return model.eval(), tokenizer
+
+
+def evaluate_models(models: list[tuple[str, object, object]], tasks: list[str], out_root: Path,
+                    batch_size: int = 16, limit: int | None = None, max_new_tokens: int | None = None,
+                    log=print) -> dict[str, dict[str, dict]]:
+    """Score each (label, model, tokenizer) on each task; write per-task outputs and the comparison table."""
+    specs = [load_task(t) for t in tasks]
+    results: dict[str, dict[str, dict]] = {}
+    for label, model, tokenizer in models:
+        results[label] = {}
+        for task in specs:
+            r = evaluate_task(model, tokenizer, task, out_root / label / task["name"], batch_size, limit,
+                              max_new_tokens)
+            results[label][task["name"]] = r
+            log(f"eval {label} / {task['name']}: EM {r['exact']:.1f}  F1 {r['f1']:.1f}  ({r['total']} questions)")
+    return results
+
+
+def write_summary(results: dict[str, dict[str, dict]], out_root: Path) -> str:
+    table = results_table(results)
+    out_root.mkdir(parents=True, exist_ok=True)
+    (out_root / "results.md").write_text(table)
+    write_json_atomic(out_root / "results.json", results)
+    return table
+
+
+def cmd_eval(args) -> int:
+    """`finetune eval MODEL_OR_RUN --task T [--task T2]`."""
+    found = targets(args.model)
+    out_root = Path(args.output_dir) if args.output_dir else (
+        Path(args.model) / "eval" if len(found) > 1 else Path("runs") / "eval" / Path(args.model).name)
+    loaded = []
+    for label, model_dir, manifest in found:
+        model, tokenizer = load_for_eval(model_dir, manifest)
+        loaded.append((label, model, tokenizer))
+    results = evaluate_models(loaded, args.task, out_root, args.batch_size, args.limit, args.max_new_tokens, log)
+    print(write_summary(results, out_root), end="")
+    print(f"outputs in {out_root}", file=sys.stderr)
+    return 0
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="generate answers and score them SQuAD-style (EM/F1)")
+    p.add_argument("model", help="model folder, adapter folder, a run's stage folder, or a whole run folder")
+    p.add_argument("--task", action="append", required=True, help="task name (eval/tasks/<name>.yaml) or path; "
+                   "repeat for several")
+    p.add_argument("--output-dir", help="where predictions.jsonl, results.json and results.md go")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, help="score at most this many questions per task")
+    p.add_argument("--max-new-tokens", type=int, help="override the task's max_new_tokens")
+    p.set_defaults(func=cmd_eval)

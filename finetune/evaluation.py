@@ -1,0 +1,199 @@
+"""Generative QA evaluation: task specs (YAML) + batched greedy generation + official SQuAD scoring.
+
+A task is data: eval/tasks/<name>.yaml names a data file and format, a prompt template, few-shot k, stop
+strings and, for SQuAD v2, the phrases that mean "no answer". Every task's rows are put into the official
+SQuAD layout and scored by finetune.squad, so the numbers are the official scripts' numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+
+import yaml
+
+from finetune import squad
+from finetune.errors import UserError
+
+TASK_DIR = Path(__file__).resolve().parent.parent / "eval" / "tasks"
+TASK_KEYS = {"name", "metric", "data", "format", "prompt", "chat_template", "few_shot", "few_shot_data",
+             "stop", "max_new_tokens", "abstain", "system"}
+FORMATS = ("squad_json", "hf_rows", "open_qa")
+
+
+def load_task(name_or_path: str) -> dict:
+    """Read a task spec by name (eval/tasks/<name>.yaml) or path, with defaults filled in."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = TASK_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in TASK_DIR.glob("*.yaml")))
+        raise UserError(f"eval task '{name_or_path}' not found (tasks: {known}, or a .yaml path)")
+    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    unknown = set(spec) - TASK_KEYS
+    if unknown:
+        raise UserError(f"{path}: unknown task key(s) {sorted(unknown)}; known: {sorted(TASK_KEYS)}")
+    task = {"name": path.stem, "metric": "squad_v1", "format": "squad_json", "chat_template": False,
+            "few_shot": 0, "few_shot_data": None, "stop": ["\n"], "max_new_tokens": 32, "abstain": [],
+            "system": None, **spec, "path": str(path)}
+    for key in ("data", "prompt"):
+        if not task.get(key):
+            raise UserError(f"{path}: `{key}` is required")
+    if task["metric"] not in ("squad_v1", "squad_v2"):
+        raise UserError(f"{path}: metric must be squad_v1 or squad_v2, got {task['metric']!r}")
+    if task["format"] not in FORMATS:
+        raise UserError(f"{path}: format must be one of {', '.join(FORMATS)}, got {task['format']!r}")
+    if task["few_shot"] and not task["few_shot_data"]:
+        raise UserError(f"{path}: few_shot: {task['few_shot']} needs `few_shot_data` (shots come from a separate split)")
+    task["sha256"] = hashlib.sha256(json.dumps(task, sort_keys=True).encode()).hexdigest()
+    return task
+
+
+def _read_rows(path: str, fmt: str) -> list[dict]:
+    """Rows {id, context, question, golds, impossible} from one of the three input formats."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"eval data '{path}' not found")
+    text = p.read_text(encoding="utf-8")
+    if fmt == "squad_json":
+        return [{"id": qa["id"], "context": para["context"], "question": qa["question"],
+                 "golds": [a["text"] for a in qa.get("answers", [])], "impossible": bool(qa.get("is_impossible"))}
+                for article in squad.load_squad_dataset(str(p)) for para in article["paragraphs"]
+                for qa in para["qas"]]
+    try:
+        records = json.loads(text) if text.lstrip().startswith("[") else [
+            json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: malformed JSON ({e.msg}, line {e.lineno})") from None
+    rows = []
+    for i, r in enumerate(records):
+        try:
+            if fmt == "hf_rows":
+                golds = list(r["answers"]["text"])
+                rows.append({"id": str(r["id"]), "context": r["context"], "question": r["question"],
+                             "golds": golds, "impossible": not golds})
+            else:
+                answers = r["answer"] if isinstance(r["answer"], list) else [r["answer"]]
+                rows.append({"id": str(r.get("id", i)), "context": r.get("context", ""),
+                             "question": r["question"], "golds": answers, "impossible": False})
+        except (KeyError, TypeError) as e:
+            raise UserError(f"{path}: row {i}: missing or malformed field {e} for format {fmt}") from None
+    return rows
+
+
+def _official_layout(rows: list[dict]) -> list:
+    """The official SQuAD `data` list, one paragraph per question (scores do not depend on grouping)."""
+    return [{"paragraphs": [{"context": r["context"], "qas": [{
+        "id": r["id"], "question": r["question"], "is_impossible": r["impossible"],
+        "answers": [{"text": g, "answer_start": max(0, r["context"].find(g))} for g in r["golds"]]}]}]}
+        for r in rows]
+
+
+def build_prompts(task: dict, rows: list[dict], tokenizer) -> list[str]:
+    """Render every question (with k shots from the few-shot split) as the text the model continues."""
+    shots_pool = _read_rows(task["few_shot_data"], task["format"]) if task["few_shot"] else []
+    rng = random.Random(0)
+    prompts = []
+    for r in rows:
+        shots = rng.sample(shots_pool, min(task["few_shot"], len(shots_pool))) if shots_pool else []
+        body = task["prompt"].format(context=r["context"], question=r["question"])
+        if task["chat_template"]:
+            messages = [{"role": "system", "content": task["system"]}] if task["system"] else []
+            for s in shots:
+                messages += [{"role": "user", "content": task["prompt"].format(**s)},
+                             {"role": "assistant", "content": s["golds"][0] if s["golds"] else ""}]
+            messages.append({"role": "user", "content": body})
+            prompts.append(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        else:
+            shot_text = "".join(task["prompt"].format(**s) + " " + (s["golds"][0] if s["golds"] else "") + "\n\n"
+                                for s in shots)
+            prompts.append(shot_text + body)
+    return prompts
+
+
+def extract_answer(generation: str, task: dict) -> str:
+    """Cut at the first stop string; map abstention phrases to "" (no answer) for SQuAD v2."""
+    cut = len(generation)
+    for stop in task["stop"]:
+        at = generation.find(stop)
+        if at != -1:
+            cut = min(cut, at)
+    answer = generation[:cut].strip()
+    if task["metric"] == "squad_v2" and squad.normalize_answer(answer) in {
+            squad.normalize_answer(p) for p in task["abstain"]}:
+        return ""
+    return answer
+
+
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
+             chat: bool, progress: bool = True) -> list[str]:
+    """Greedy generation in left-padded batches; each output is cut at EOS, special tokens removed."""
+    import torch
+    from tqdm.auto import tqdm
+
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    steps = range(0, len(prompts), batch_size)
+    for start in tqdm(steps, desc="generating", unit="batch", disable=not progress or len(steps) < 2):
+        batch = prompts[start:start + batch_size]
+        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not chat)
+        enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+            if tokenizer.eos_token_id in row:
+                row = row[: row.index(tokenizer.eos_token_id)]
+            outputs.append(tokenizer.decode(row, skip_special_tokens=True))
+    return outputs
+
+
+def evaluate_task(model, tokenizer, task: dict, out_dir: Path | None, batch_size: int = 16,
+                  limit: int | None = None, max_new_tokens: int | None = None) -> dict:
+    """Generate and score one task; writes predictions.jsonl and results.json to out_dir when given."""
+    rows = _read_rows(task["data"], task["format"])[: limit or None]
+    if not rows:
+        raise UserError(f"eval task {task['name']}: {task['data']} has no questions")
+    prompts = build_prompts(task, rows, tokenizer)
+    started = time.time()
+    generations = generate(model, tokenizer, prompts, max_new_tokens or task["max_new_tokens"], batch_size,
+                           task["chat_template"])
+    seconds = time.time() - started
+    predictions = {r["id"]: extract_answer(g, task) for r, g in zip(rows, generations, strict=True)}
+    dataset = _official_layout(rows)
+    if task["metric"] == "squad_v1":
+        scores = squad.evaluate_v1(dataset, predictions)
+        result = {"exact": scores["exact_match"], "f1": scores["f1"], "total": len(rows)}
+    else:
+        result = dict(squad.evaluate_v2(dataset, predictions))
+    per_q = {q["id"]: q for q in squad.per_question_scores(task["metric"], dataset, predictions)}
+    result.update(task=task["name"], metric=task["metric"], generation_seconds=round(seconds, 3),
+                  task_sha256=task["sha256"])
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
+            for r, prompt, gen in zip(rows, prompts, generations, strict=True):
+                q = per_q[r["id"]]
+                f.write(json.dumps({"id": r["id"], "prompt": prompt, "generation": gen,
+                                    "answer": predictions[r["id"]], "golds": r["golds"],
+                                    "em": q["em"], "f1": q["f1"]}, ensure_ascii=False) + "\n")
+        (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def results_table(results: dict[str, dict[str, dict]]) -> str:
+    """Markdown table: one row per evaluated model/stage, EM and F1 per task, side by side."""
+    tasks = sorted({t for per_task in results.values() for t in per_task})
+    head = "| stage | " + " | ".join(f"{t} EM | {t} F1" for t in tasks) + " |"
+    sep = "|---|" + "---:|---:|" * len(tasks)
+    lines = [head, sep]
+    for stage, per_task in results.items():
+        cells = []
+        for t in tasks:
+            r = per_task.get(t)
+            cells += [f"{r['exact']:.1f}", f"{r['f1']:.1f}"] if r else ["", ""]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
