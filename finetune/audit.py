@@ -74,6 +74,9 @@ def label_audit(trainer, raw_dataset, settings: dict, eos_token_id: int | None) 
         raise UserError("label audit: the end-of-turn/EOS token is never supervised, so the model will not "
                         "learn to stop; fix the chat template (EOS inside {% generation %}) or set "
                         "audit.require_eos: false")
+    if truncates and len(lost_rows) == n:
+        raise UserError(f"label audit: truncation at max_length={args.max_length} cuts away the whole answer of "
+                        f"every row, leaving nothing to train on; raise train.max_length")
     share = len(cut_rows) / n
     if share > settings["max_truncated_share"]:
         raise UserError(f"label audit: truncation at max_length={args.max_length} cuts into the answer of "

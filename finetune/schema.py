@@ -1,7 +1,6 @@
 """The recipe schema: every key a recipe may hold, its type, default and meaning.
 
-This table is the recipe reference (README's "Recipe reference" is generated from it by
-`finetune reference`). Stage `train:` blocks are not listed here: they are checked against the TRL config
+This table is the recipe reference: README's "Recipe reference" table is rendered from it. Stage `train:` blocks are not listed here: they are checked against the TRL config
 dataclass of the stage's kind (see trl_fields.py).
 """
 

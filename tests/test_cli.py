@@ -12,7 +12,7 @@ import sys
 import pytest
 from conftest import REPO, sft_recipe
 
-from finetune.cli import build_parser, main
+from finetune.cli import build_parser, main, parse_args
 from finetune.tiny import CHAT_TEMPLATE
 
 HEAVY = ("torch", "transformers", "trl", "datasets", "peft", "accelerate")
@@ -159,11 +159,8 @@ def test_run_end_to_end_in_a_subprocess(small_recipe, tmp_path):
     assert "--force" in one_error_line(changed.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: finetune/cli.py `run` declares overrides as a nargs='*' positional, so "
-                   "argparse rejects overrides written after an option: `finetune run R --output-dir D key=value` "
-                   "exits 2 with 'unrecognized arguments: key=value'")
 def test_run_overrides_after_options(small_recipe, tmp_path):
-    args = build_parser().parse_args(["run", str(small_recipe), "--output-dir", str(tmp_path / "run"),
+    args = parse_args(["run", str(small_recipe), "--output-dir", str(tmp_path / "run"),
                                       "stages.sft.train.max_steps=3"])
     assert args.overrides == ["stages.sft.train.max_steps=3"]
 
