@@ -255,19 +255,32 @@ def fingerprint(*datasets_) -> str:
     return h.hexdigest()
 
 
-def stage_data(recipe: dict, stage: dict) -> dict:
-    """Load, normalise, mix and split a stage's data. Returns train/eval datasets, kind and a report."""
+def stage_data(recipe: dict, stage: dict, purpose: str = "sft") -> dict:
+    """Load, normalise, mix and split a stage's data. Returns train/eval datasets, kind and a report.
+
+    purpose: "sft" (instruction rows), "pairs" (preference pairs) or "prompts" (prompts for online RL).
+    """
+    from finetune import preference
+
     parts, report, kinds = {}, {"sources": {}}, {}
     for name, weight in stage["data"].items():
         src = recipe["data"][name]
         where = f"{src['path']} (data.{name})"
         ds = load_source(name, src, recipe["seed"])
-        fmt = detect_format(ds.column_names, src["format"], where)
-        norm, dropped = normalise(ds, fmt, where)
-        kinds[name] = KIND_OF_FORMAT[fmt]
+        if purpose == "sft":
+            fmt = detect_format(ds.column_names, src["format"], where)
+            norm, dropped = normalise(ds, fmt, where)
+            kind = KIND_OF_FORMAT[fmt]
+        elif purpose == "pairs":
+            norm, dropped, kind = preference.normalise_pairs(ds, where)
+            fmt = "preference"
+        else:
+            norm, dropped, kind = preference.prompts_only(ds, where)
+            fmt = "prompts"
+        kinds[name] = kind
         parts[name] = (norm, weight)
-        report["sources"][name] = {"path": src["path"], "format": fmt, "rows": len(ds), "kept": len(norm),
-                                   "dropped": dropped}
+        report["sources"][name] = {"path": src["path"], "format": fmt, "kind": kind, "rows": len(ds),
+                                   "kept": len(norm), "dropped": dropped}
     if len(set(kinds.values())) > 1:
         detail = ", ".join(f"{n}={k}" for n, k in kinds.items())
         raise UserError(f"stage {stage['name']}: its data sources mix kinds ({detail}); use one kind per stage")

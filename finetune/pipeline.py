@@ -49,11 +49,20 @@ def _is_main_process() -> bool:
 
 
 def _stage_runner(kind: str):
-    if kind == "sft":
-        from finetune.stages import sft
+    if kind not in RUNNABLE_KINDS:
+        raise UserError(f"stage kind '{kind}' is not available (available: {', '.join(RUNNABLE_KINDS)})")
+    import importlib
 
-        return sft.run
-    raise UserError(f"stage kind '{kind}' is not available in this version (available: {', '.join(RUNNABLE_KINDS)})")
+    return importlib.import_module(f"finetune.stages.{'rloo' if kind == 'grpo' else kind}").run
+
+
+def _init_for(stage: dict, results: dict) -> dict:
+    """What a stage starts from: the `from` stage's artifact (None: the base) and the reward model's folder."""
+    src, rm = stage["from"], stage["reward_model"]
+    return {"stage": src, "artifact": results[src]["artifact"] if src else None,
+            "fingerprint": results[src]["inputs_fingerprint"] if src else None,
+            "reward_model": results[rm]["artifact"]["model"] if rm else None,
+            "reward_fingerprint": results[rm]["inputs_fingerprint"] if rm else None}
 
 
 def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = None,
@@ -70,10 +79,10 @@ def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = N
     if _is_main_process():
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump({k: v for k, v in recipe.items() if k != "source"},
                                                              sort_keys=False))
-    init = {"model": None, "tokenizer": None, "fingerprint": None}
     results = {}
     for stage in recipe["stages"]:
         stage_dir = run_dir / stage["name"]
+        init = _init_for(stage, results)
         inputs = stage_inputs(recipe, stage, init)
         fp = mf.inputs_fingerprint(**inputs)
         done = mf.read_json(stage_dir / "manifest.json")
@@ -81,8 +90,6 @@ def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = N
             if not done:
                 raise UserError(f"--only {only}: stage '{stage['name']}' before it has not finished; run it first")
             results[stage["name"]] = done
-            init = {"model": done["artifact"]["model"], "tokenizer": done["artifact"]["model"],
-                    "fingerprint": done["inputs_fingerprint"]}
             continue
         if done and done.get("inputs_fingerprint") == fp:
             log(f"{stage['name']}: done with unchanged inputs, skipped ({stage_dir})")
@@ -96,8 +103,6 @@ def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = N
                     shutil.rmtree(stage_dir)
             done = _run_stage(recipe, stage, init, stage_dir, fp)
         results[stage["name"]] = done
-        # Only SFT exists in this version; it always hands its model (adapter or full) to the next stage.
-        init = {"model": done["artifact"]["model"], "tokenizer": done["artifact"]["model"], "fingerprint": fp}
     if recipe["eval"] and recipe["eval"]["tasks"] and _is_main_process():
         run_evals(recipe, run_dir, results)
     return results

@@ -283,11 +283,40 @@ def validate(raw: dict, file: str) -> dict:
             raise UserError(f"{file}: {key}.quantization: a quantised base can only be trained through an "
                             f"adapter; add a `peft:` block (QLoRA) or remove `quantization`")
         _check_train_block(stage["kind"], stage["train"], f"{key}.train", file)
+    _resolve_stage_links(recipe["stages"], file)
     if recipe["eval"]:
         for j, task in enumerate(recipe["eval"]["tasks"]):
             if task.endswith((".yaml", ".yml")) and not Path(task).is_file():
                 raise UserError(f"{file}: eval.tasks[{j}]: task file '{task}' not found")
     return recipe
+
+
+def _resolve_stage_links(stages: list[dict], file: str) -> None:
+    """Fill in and check `from` and `reward_model`: each names an earlier stage of a fitting kind."""
+    for i, stage in enumerate(stages):
+        key, earlier = f"stages[{i}]", {s["name"]: s for s in stages[:i]}
+        policies = [s["name"] for s in stages[:i] if s["kind"] in schema.POLICY_KINDS]
+        rewards = [s["name"] for s in stages[:i] if s["kind"] == "reward"]
+        if stage["from"] is not None:
+            if stage["from"] not in earlier:
+                raise UserError(f"{file}: {key}.from: '{stage['from']}' is not an earlier stage"
+                                f"{did_you_mean(stage['from'], earlier) or f' (earlier: {list(earlier)})'}")
+            if earlier[stage["from"]]["kind"] == "reward":
+                raise UserError(f"{file}: {key}.from: '{stage['from']}' is a reward model; a {stage['kind']} "
+                                f"stage starts from a policy (an sft/dpo/ppo/rloo/grpo stage)")
+        elif stage["kind"] != "sft" and policies:
+            stage["from"] = policies[-1]
+        if stage["kind"] in schema.ONLINE_KINDS:
+            if stage["reward_model"] is None:
+                if not rewards:
+                    raise UserError(f"{file}: {key}: a {stage['kind']} stage needs a reward model; add a reward "
+                                    f"stage before it (or name one with reward_model:)")
+                stage["reward_model"] = rewards[-1]
+            elif stage["reward_model"] not in rewards:
+                raise UserError(f"{file}: {key}.reward_model: '{stage['reward_model']}' is not an earlier reward "
+                                f"stage{did_you_mean(stage['reward_model'], rewards)}")
+        elif stage["reward_model"] is not None:
+            raise UserError(f"{file}: {key}.reward_model: only ppo, rloo and grpo stages use a reward model")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:

@@ -49,7 +49,9 @@ class ListOf:
 
 STAGE_KINDS = ("sft", "reward", "ppo", "dpo", "rloo", "grpo")
 # Kinds this version can run; the others are validated but refused by `finetune run`.
-RUNNABLE_KINDS = ("sft",)
+RUNNABLE_KINDS = STAGE_KINDS
+POLICY_KINDS = ("sft", "dpo", "ppo", "rloo", "grpo")  # stages whose output is a causal LM
+ONLINE_KINDS = ("ppo", "rloo", "grpo")  # stages scored by a reward model
 DATA_FORMATS = ("auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text")
 COLUMN_TARGETS = ("messages", "conversations", "instruction", "input", "output", "system",
                   "prompt", "completion", "text")
@@ -103,6 +105,9 @@ STAGE = Section({
     "kind": Key((str,), REQUIRED, "what the stage trains", STAGE_KINDS),
     "data": Key((list, dict), REQUIRED,
                 "source names (every row used once), or a mapping name -> weight (a weighted mixture)"),
+    "from": Key((str,), None, "earlier stage whose output this one starts from; default: the latest earlier "
+                "policy stage (sft/dpo/ppo/rloo/grpo), or the base model for an sft stage"),
+    "reward_model": Key((str,), None, "reward stage scoring ppo/rloo/grpo rollouts; default: the latest earlier one"),
     "eval_split": Key((int, float), 0, "held-out rows: a fraction (<1) or a count (>=1); 0 = none"),
     "max_rows": Key((int,), None, "total training rows of the mixture (default: sum of the sources)"),
     "loss": Key((str,), "auto",

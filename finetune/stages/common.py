@@ -1,10 +1,16 @@
-"""What every training stage shares: building the TRL config and the toolkit's defaults."""
+"""What every training stage shares: the TRL config, the starting model, training with resume, the record."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from finetune import modeling
 from finetune.errors import UserError
+from finetune.manifest import last_checkpoint, sha256_text
+
+RECORDED_ARGS = ("bf16", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                 "gradient_accumulation_steps", "max_length", "packing", "beta", "loss_type", "kl_coef",
+                 "response_length", "num_ppo_epochs", "num_generations", "total_episodes")
 
 
 def toolkit_defaults(train: dict, has_eval: bool) -> dict:
@@ -12,8 +18,10 @@ def toolkit_defaults(train: dict, has_eval: bool) -> dict:
     import torch
 
     defaults: dict = {"report_to": "none", "save_total_limit": 2}
-    if not torch.cuda.is_available() and "bf16" not in train and "fp16" not in train:
-        defaults["bf16"] = False  # TRL defaults to bf16=True, which emulates slowly on CPU
+    if not torch.cuda.is_available():
+        if "bf16" not in train and "fp16" not in train:
+            defaults["bf16"] = False  # TRL defaults to bf16=True, which emulates slowly on CPU
+        defaults["dataloader_pin_memory"] = False
     if train.get("gradient_checkpointing", True):
         defaults["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     if has_eval and "eval_strategy" not in train:
@@ -23,14 +31,72 @@ def toolkit_defaults(train: dict, has_eval: bool) -> dict:
     return defaults
 
 
-def build_config(config_cls, stage: dict, seed: int, stage_dir: Path, has_eval: bool, **forced):
+def build_config(config_cls, stage: dict, seed: int, stage_dir: Path, has_eval: bool, defaults: dict | None = None,
+                 **forced):
     """Instantiate the TRL config from the recipe's `train:` block, our defaults and values we must set."""
     train = stage["train"]
-    kwargs = {**toolkit_defaults(train, has_eval), **train, **forced,
+    kwargs = {**toolkit_defaults(train, has_eval), **(defaults or {}), **train, **forced,
               "output_dir": str(stage_dir / "checkpoints"), "seed": seed}
-    kwargs.setdefault("data_seed", seed)
+    if "data_seed" in {f for f in getattr(config_cls, "__dataclass_fields__", {})}:
+        kwargs.setdefault("data_seed", seed)
     try:
         return config_cls(**kwargs)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, AssertionError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
         raise UserError(f"stage {stage['name']}: train: {config_cls.__name__} rejected the settings: {msg}") from None
+
+
+def start_dir(recipe: dict, init: dict) -> str:
+    """The folder this stage starts from: the base model, or the full (merged if needed) model of `from`."""
+    from finetune.artifacts import full_model_dir
+
+    if not init.get("artifact"):
+        return recipe["base_model"]["path"]
+    return str(full_model_dir(init["artifact"], recipe["base_model"]))
+
+
+def load_policy(recipe: dict, stage: dict, init: dict, gradient_checkpointing: bool, **extra):
+    """Starting model, quantised if the stage asks (QLoRA), k-bit-prepared; the adapter is left to TRL."""
+    source = start_dir(recipe, init)
+    model = modeling.load_base_model(recipe["base_model"], stage["quantization"], path=source, **extra)
+    if stage["quantization"]:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    return model, source
+
+
+def stage_tokenizer(recipe: dict, init: dict):
+    return modeling.load_tokenizer(recipe["base_model"], start_dir(recipe, init) if init.get("artifact") else None)
+
+
+def train(trainer, stage_dir: Path, log, resumable: bool = True):
+    """Train, resuming from the newest complete checkpoint of an interrupted run when the trainer can."""
+    resume = last_checkpoint(stage_dir / "checkpoints")
+    if resume and resumable:
+        log(f"resuming from {resume.name}")
+        return trainer.train(resume_from_checkpoint=str(resume))
+    if resume:
+        log(f"{type(trainer).__name__} cannot resume from a checkpoint; restarting the stage")
+    return trainer.train()
+
+
+def record(trainer, result, args, stage: dict, data: dict, tokenizer, model_dir: Path, base: str,
+           adapter: bool, **extra) -> dict:
+    """What the manifest records about a finished training stage."""
+    return {
+        "artifact": {"model": str(model_dir), "adapter": adapter, "base": base,
+                     "quantization": stage["quantization"]},
+        "data": data["report"],
+        "parameters": modeling.count_parameters(trainer.model),
+        "train_metrics": getattr(result, "metrics", None) or {},
+        "log_history": trainer.state.log_history,
+        "training_args": {k: v for k, v in args.to_dict().items() if k in stage["train"] or k in RECORDED_ARGS},
+        "chat_template_sha256": sha256_text(tokenizer.chat_template),
+        **extra,
+    }
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UserError(message)

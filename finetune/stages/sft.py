@@ -7,8 +7,7 @@ from pathlib import Path
 from finetune import audit, modeling
 from finetune.data import stage_data
 from finetune.errors import UserError
-from finetune.manifest import last_checkpoint, sha256_text
-from finetune.stages.common import build_config
+from finetune.stages import common
 
 # stage.loss -> (assistant_only_loss, completion_only_loss) for each data kind; None = not applicable.
 LOSS_FLAGS = {
@@ -36,7 +35,7 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     for owned in ("assistant_only_loss", "completion_only_loss"):
         if owned in stage["train"]:
             raise UserError(f"stage {stage['name']}: train.{owned}: set the stage's `loss:` instead")
-    tokenizer = modeling.load_tokenizer(recipe["base_model"], init.get("tokenizer"))
+    tokenizer = common.stage_tokenizer(recipe, init)
     data = stage_data(recipe, stage)
     for name, src in data["report"]["sources"].items():
         dropped = ", ".join(f"{n} {r}" for r, n in src["dropped"].items())
@@ -44,9 +43,10 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     if data["kind"] == "chat" and not tokenizer.chat_template:
         raise UserError(f"stage {stage['name']}: chat data needs a chat template, and the tokenizer of "
                         f"'{recipe['base_model']['path']}' has none; set base_model.chat_template to a .jinja file")
-    args = build_config(SFTConfig, stage, recipe["seed"], stage_dir, data["eval"] is not None,
-                        **loss_flags(data["kind"], stage["loss"], stage["name"]))
-    model = modeling.load_base_model(recipe["base_model"], stage["quantization"], path=init.get("model"))
+    args = common.build_config(SFTConfig, stage, recipe["seed"], stage_dir, data["eval"] is not None,
+                               **loss_flags(data["kind"], stage["loss"], stage["name"]))
+    source = common.start_dir(recipe, init)
+    model = modeling.load_base_model(recipe["base_model"], stage["quantization"], path=source)
     model = modeling.prepare_trainable(model, stage["peft"], stage["quantization"], args.gradient_checkpointing)
     params = modeling.count_parameters(model)
     log(f"model: {params['trainable']:,} of {params['total']:,} parameters trainable")
@@ -69,24 +69,9 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     if stage["audit"]["enabled"]:
         report = audit.label_audit(trainer, data["train"], stage["audit"], tokenizer.eos_token_id)
         log(audit.format_report(report))
-    resume = last_checkpoint(stage_dir / "checkpoints")
-    if resume:
-        log(f"resuming from {resume.name}")
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    result = common.train(trainer, stage_dir, log)
     trainer.save_model(str(stage_dir / "model"))
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(stage_dir / "model"))
-    return {
-        "artifact": {"model": str(stage_dir / "model"), "adapter": stage["peft"] is not None,
-                     "base": init.get("model") or recipe["base_model"]["path"],
-                     "quantization": stage["quantization"]},
-        "data": data["report"],
-        "label_audit": report,
-        "parameters": params,
-        "train_metrics": result.metrics,
-        "log_history": trainer.state.log_history,
-        "training_args": {k: v for k, v in args.to_dict().items() if k in stage["train"] or k in (
-            "bf16", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-            "gradient_accumulation_steps", "max_length", "packing", "assistant_only_loss", "completion_only_loss")},
-        "chat_template_sha256": sha256_text(tokenizer.chat_template),
-    }
+    return common.record(trainer, result, args, stage, data, tokenizer, stage_dir / "model", source,
+                         stage["peft"] is not None, label_audit=report)

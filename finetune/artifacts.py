@@ -1,0 +1,81 @@
+"""Stage outputs as inputs: merge an adapter into its base, and hand later stages a full model folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from finetune import modeling
+from finetune.errors import UserError
+from finetune.manifest import read_json
+
+BASE_DEFAULTS = {"revision": None, "dtype": "auto", "attn_implementation": None, "trust_remote_code": False,
+                 "tokenizer": None, "chat_template": None}
+
+
+def adapter_base(adapter_dir: Path) -> str:
+    cfg = adapter_dir / "adapter_config.json"
+    try:
+        return json.loads(cfg.read_text())["base_model_name_or_path"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        raise UserError(f"{adapter_dir}: not a peft adapter folder (adapter_config.json missing or unreadable)") from None
+
+
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: dict | None = None,
+                  auto_class: str = "AutoModelForCausalLM", **load_kwargs) -> Path:
+    """Merge an adapter into its full-precision base and save model + tokenizer as safetensors in out_dir.
+
+    A QLoRA adapter is merged into the unquantised base, which is how a 4-bit-trained adapter is shipped.
+    Written to a temporary folder first and renamed, so an interrupted merge never looks finished.
+    """
+    adapter_dir, out = Path(adapter_dir), Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out}: output folder is not empty; choose another (nothing was written)")
+    bm = {**BASE_DEFAULTS, **(base_model or {}), "path": adapter_base(adapter_dir)}
+    model = modeling.load_base_model(bm, None, auto_class=auto_class, **load_kwargs)
+    merged = modeling.load_adapter(model, adapter_dir).merge_and_unload()
+    tokenizer = modeling.load_tokenizer({**bm, "path": str(adapter_dir)})
+    if merged.config.pad_token_id is None:  # sequence classifiers find the last token through it
+        merged.config.pad_token_id = tokenizer.pad_token_id
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return out
+
+
+def full_model_dir(artifact: dict, base_model: dict | None = None) -> Path:
+    """A folder holding a full model for this artifact: the model itself, or its adapter merged (cached)."""
+    model_dir = Path(artifact["model"])
+    if not artifact.get("adapter"):
+        return model_dir
+    merged = model_dir.parent / "merged"
+    if not (merged / "config.json").exists():
+        from accelerate import PartialState
+
+        state = PartialState()
+        if state.is_main_process:
+            merge_adapter(model_dir, merged, base_model)
+        state.wait_for_everyone()
+    return merged
+
+
+def resolve_target(path: str) -> tuple[Path, dict | None]:
+    """A run folder, stage folder or model/adapter folder -> (model folder, stage manifest or None)."""
+    p = Path(path)
+    if (p / "config.json").exists() or (p / "adapter_config.json").exists():
+        return p, read_json(p.parent / "manifest.json")
+    if (p / "manifest.json").exists():
+        m = read_json(p / "manifest.json")
+        return Path(m["artifact"]["model"]), m
+    if p.is_dir():
+        stages = [read_json(d / "manifest.json") for d in sorted(p.iterdir()) if (d / "manifest.json").exists()]
+        if stages:
+            last = max(stages, key=lambda m: m["timings"]["started"])
+            return Path(last["artifact"]["model"]), last
+    raise UserError(f"{path}: not a model folder, an adapter folder, a stage folder or a run with finished stages")

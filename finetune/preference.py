@@ -1,0 +1,132 @@
+"""Preference pairs and RL prompts: detect the layout, normalise to TRL's explicit-prompt format.
+
+Layouts accepted (after `columns:` renames):
+  explicit     prompt + chosen + rejected, as text or as message lists
+  implicit     chosen + rejected conversations that share a prefix (the prompt)
+  hh           "\n\nHuman: ... \n\nAssistant: ..." text in chosen/rejected (Anthropic HH style)
+Every pair becomes {"prompt", "chosen", "rejected"}: conversational (messages) or text, one kind per stage.
+Pairs whose answers are equal or empty are dropped and counted by reason, never silently.
+"""
+
+from __future__ import annotations
+
+import re
+
+from finetune.errors import UserError
+
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def _is_messages(value) -> bool:
+    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+
+
+def parse_hh(text: str) -> list[dict]:
+    """Split "\n\nHuman: a\n\nAssistant: b" into messages; raises ValueError when it has no turns."""
+    parts = HH_TURN.split(text if text.startswith("\n\n") else "\n\n" + text)
+    if len(parts) < 3 or parts[0].strip():
+        raise ValueError("not in the '\\n\\nHuman: ... \\n\\nAssistant: ...' layout")
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts), 2)]
+
+
+def detect_layout(columns: list[str], first: dict, where: str) -> str:
+    cols = set(columns)
+    if {"chosen", "rejected"} - cols:
+        raise UserError(f"{where}: preference data needs `chosen` and `rejected` columns; found {sorted(cols)} "
+                        f"(map yours with `columns:`)")
+    if "prompt" in cols:
+        return "explicit"
+    if isinstance(first["chosen"], str) and "\n\nAssistant:" in first["chosen"]:
+        return "hh"
+    if _is_messages(first["chosen"]):
+        return "implicit"
+    raise UserError(f"{where}: chosen/rejected without a prompt must be conversations (message lists) or "
+                    f"'\\n\\nHuman: ... \\n\\nAssistant: ...' text")
+
+
+def _split_shared_prefix(chosen: list[dict], rejected: list[dict]) -> tuple[list, list, list]:
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def _answer_text(value) -> str:
+    return value if isinstance(value, str) else " ".join(m["content"] for m in value)
+
+
+def normalise_pair(row: dict, layout: str) -> tuple[dict | None, str | None]:
+    """(pair, None) or (None, reason dropped). Raises ValueError for malformed rows."""
+    if layout == "explicit":
+        prompt, chosen, rejected = row["prompt"], row["chosen"], row["rejected"]
+        if isinstance(prompt, str) != isinstance(chosen, str) or isinstance(chosen, str) != isinstance(rejected, str):
+            raise ValueError("prompt, chosen and rejected must all be text or all be message lists")
+        if not isinstance(prompt, str) and not all(map(_is_messages, (prompt, chosen, rejected))):
+            raise ValueError("message lists need {role, content} items")
+    else:
+        if layout == "hh":
+            chosen_msgs, rejected_msgs = parse_hh(row["chosen"]), parse_hh(row["rejected"])
+        else:
+            chosen_msgs, rejected_msgs = row["chosen"], row["rejected"]
+            if not (_is_messages(chosen_msgs) and _is_messages(rejected_msgs)):
+                raise ValueError("chosen and rejected must be message lists")
+        prompt, chosen, rejected = _split_shared_prefix(chosen_msgs, rejected_msgs)
+        if not prompt:
+            return None, "no shared prompt"
+    c, r = _answer_text(chosen).strip(), _answer_text(rejected).strip()
+    if not c or not r:
+        return None, "empty answer"
+    if c == r:
+        return None, "chosen == rejected"
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}, None
+
+
+def normalise_pairs(ds, where: str):
+    """Normalise a preference dataset; returns (dataset, dropped-count by reason, kind chat|text)."""
+    import datasets
+
+    if len(ds) == 0:
+        raise UserError(f"{where}: no rows")
+    layout = detect_layout(ds.column_names, ds[0], where)
+    rows, dropped = [], {}
+    for i, row in enumerate(ds):
+        try:
+            pair, reason = normalise_pair(row, layout)
+        except (ValueError, TypeError, KeyError) as e:
+            raise UserError(f"{where}: row {i}: {e}") from None
+        if pair is None:
+            dropped[reason] = dropped.get(reason, 0) + 1
+        else:
+            rows.append(pair)
+    if not rows:
+        raise UserError(f"{where}: no usable pairs left ({', '.join(f'{n} {r}' for r, n in dropped.items())})")
+    kind = "text" if isinstance(rows[0]["prompt"], str) else "chat"
+    if any(isinstance(r["prompt"], str) != (kind == "text") for r in rows):
+        raise UserError(f"{where}: mixes text and conversational pairs; use one layout per source")
+    return datasets.Dataset.from_list(rows), dropped, kind
+
+
+def prompts_only(ds, where: str):
+    """RL prompts from a prompt set (`prompt` or `messages` minus the final answer) or from preference pairs."""
+    import datasets
+
+    cols = set(ds.column_names)
+    if {"chosen", "rejected"} <= cols:
+        pairs, dropped, kind = normalise_pairs(ds, where)
+        return datasets.Dataset.from_list([{"prompt": p} for p in pairs["prompt"]]), dropped, kind
+    rows = []
+    for i, row in enumerate(ds):
+        if "prompt" in cols:
+            prompt = row["prompt"]
+        elif "messages" in cols:
+            messages = row["messages"]
+            prompt = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
+        else:
+            raise UserError(f"{where}: RL prompts need a `prompt` or `messages` column (or preference pairs); "
+                            f"found {sorted(cols)}")
+        if not prompt or (isinstance(prompt, str) and not prompt.strip()):
+            raise UserError(f"{where}: row {i}: empty prompt")
+        rows.append({"prompt": prompt})
+    kind = "text" if isinstance(rows[0]["prompt"], str) else "chat"
+    return datasets.Dataset.from_list(rows), {}, kind

@@ -1,0 +1,68 @@
+"""PPO stage: TRL's own PPOTrainer (trl.experimental.ppo, present up to trl 1.12; hence the pin).
+
+Policy: the output of `from` (SFT). Reference: that same policy, frozen (or the policy with its adapter
+disabled under LoRA). Reward model: the output of `reward_model`. Value model: initialised from that reward
+model, as in the InstructGPT recipe. TRL's PPOTrainer cannot resume from a checkpoint: an interrupted PPO
+stage starts again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finetune import modeling
+from finetune.data import stage_data
+from finetune.stages import common
+
+PPO_DEFAULTS = {"stop_token": "eos", "num_sample_generations": 0, "response_length": 32}
+
+
+def tokenize_prompts(prompts, tokenizer, kind: str):
+    """PPOTrainer takes tokenised queries: the chat template with the generation prompt, or the raw text."""
+    def encode(row):
+        if kind == "chat":
+            ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
+                                                return_dict=True)["input_ids"]
+        else:
+            ids = tokenizer(row["prompt"], add_special_tokens=True)["input_ids"]
+        return {"input_ids": ids}
+
+    return prompts.map(encode, remove_columns=prompts.column_names, desc="Tokenising prompts")
+
+
+def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    from finetune.stages.reward import load_reward_model
+
+    tokenizer = common.stage_tokenizer(recipe, init)
+    tokenizer.padding_side = "left"  # queries are generated from, so they are padded on the left
+    data = stage_data(recipe, stage, "prompts")
+    train = tokenize_prompts(data["train"], tokenizer, data["kind"])
+    # PPOTrainer always builds an eval loader; without an eval split, a few training prompts serve.
+    evald = tokenize_prompts(data["eval"], tokenizer, data["kind"]) if data["eval"] is not None else train.select(
+        range(min(8, len(train))))
+    reward_dir = init["reward_model"]
+    args = common.build_config(PPOConfig, stage, recipe["seed"], stage_dir, False, defaults=PPO_DEFAULTS,
+                               sft_model_path=common.start_dir(recipe, init), reward_model_path=reward_dir)
+    policy, source = common.load_policy(recipe, stage, init, args.gradient_checkpointing)
+    reward_model, _ = load_reward_model(reward_dir, recipe["base_model"], tokenizer)
+    value_model, _ = load_reward_model(reward_dir, recipe["base_model"], tokenizer)
+    peft = modeling.peft_config(stage["peft"]) if stage["peft"] else None
+    log(f"policy from {source}; reward and value models from {reward_dir}")
+    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=None,
+                         reward_model=reward_model, train_dataset=train, value_model=value_model,
+                         eval_dataset=evald, peft_config=peft)
+    common.train(trainer, stage_dir, log, resumable=False)
+    trainer.save_model(str(stage_dir / "model"))
+    if trainer.is_world_process_zero():
+        tokenizer.padding_side = "right"
+        tokenizer.save_pretrained(str(stage_dir / "model"))
+    logged = [h for h in trainer.state.log_history if "objective/scores" in h]
+    summary = {"first": {k: logged[0][k] for k in ("objective/scores", "objective/kl")} if logged else None,
+               "last": {k: logged[-1][k] for k in ("objective/scores", "objective/kl")} if logged else None}
+    if logged:
+        log(f"reward {summary['first']['objective/scores']:+.3f} -> {summary['last']['objective/scores']:+.3f}, "
+            f"KL {summary['last']['objective/kl']:.4f}")
+    return common.record(trainer, None, args, stage, data, tokenizer, stage_dir / "model", source,
+                         peft is not None, ppo=summary)

@@ -1,0 +1,92 @@
+"""Reward stage: TRL's RewardTrainer on preference pairs; the output reloads as a sequence classifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finetune import modeling
+from finetune.data import stage_data
+from finetune.stages import common
+
+
+def pair_texts(pairs, tokenizer, kind: str) -> tuple[list[str], list[str]]:
+    """The full chosen / rejected texts a reward model scores, rendered as TRL renders them."""
+    if kind == "text":
+        return ([p + c for p, c in zip(pairs["prompt"], pairs["chosen"], strict=True)],
+                [p + r for p, r in zip(pairs["prompt"], pairs["rejected"], strict=True)])
+    render = lambda msgs: tokenizer.apply_chat_template(msgs, tokenize=False)  # noqa: E731
+    return ([render(p + c) for p, c in zip(pairs["prompt"], pairs["chosen"], strict=True)],
+            [render(p + r) for p, r in zip(pairs["prompt"], pairs["rejected"], strict=True)])
+
+
+def score(model, tokenizer, texts: list[str], batch_size: int = 32) -> list[float]:
+    """Reward of each text (the classifier's single logit at the last non-pad token)."""
+    import torch
+
+    tokenizer.padding_side = "right"
+    out: list[float] = []
+    model.eval()
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        with torch.no_grad():
+            out += model(**enc).logits[:, 0].float().tolist()
+    return out
+
+
+def pairwise_accuracy(model, tokenizer, pairs, kind: str) -> dict:
+    """Share of pairs where chosen outscores rejected, and the mean margin."""
+    chosen, rejected = pair_texts(pairs, tokenizer, kind)
+    c, r = score(model, tokenizer, chosen), score(model, tokenizer, rejected)
+    wins = [a > b for a, b in zip(c, r, strict=True)]
+    return {"pairs": len(wins), "accuracy": round(sum(wins) / len(wins), 4),
+            "mean_margin": round(sum(a - b for a, b in zip(c, r, strict=True)) / len(wins), 4)}
+
+
+def load_reward_model(path: str | Path, base_model: dict, tokenizer=None):
+    """A trained reward model folder -> (AutoModelForSequenceClassification, tokenizer)."""
+    model = modeling.load_base_model({**base_model, "path": str(path)}, None, path=str(path),
+                                     auto_class="AutoModelForSequenceClassification", num_labels=1)
+    tokenizer = tokenizer or modeling.load_tokenizer(base_model, str(path))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), tokenizer
+
+
+def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
+    from trl import RewardConfig, RewardTrainer
+
+    from finetune.artifacts import merge_adapter
+
+    tokenizer = common.stage_tokenizer(recipe, init)
+    data = stage_data(recipe, stage, "pairs")
+    for name, src in data["report"]["sources"].items():
+        log(f"data {name}: {src['kept']} of {src['rows']} pairs kept" + (
+            f" (dropped {src['dropped']})" if src["dropped"] else ""))
+    args = common.build_config(RewardConfig, stage, recipe["seed"], stage_dir, data["eval"] is not None)
+    model, source = common.load_policy(recipe, stage, init, args.gradient_checkpointing,
+                                       auto_class="AutoModelForSequenceClassification", num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    # SEQ_CLS adapters train (and save) the new score head in full alongside the LoRA weights.
+    peft = modeling.peft_config(stage["peft"], task_type="SEQ_CLS") if stage["peft"] else None
+    trainer = RewardTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["eval"],
+                            processing_class=tokenizer, peft_config=peft)
+    result = common.train(trainer, stage_dir, log)
+    out = stage_dir / "model"
+    if peft:
+        trainer.save_model(str(stage_dir / "adapter"))
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(stage_dir / "adapter"))
+            merge_adapter(stage_dir / "adapter", out, recipe["base_model"],
+                          auto_class="AutoModelForSequenceClassification", num_labels=1)
+    else:
+        trainer.save_model(str(out))
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(out))
+    held_out = data["eval"] if data["eval"] is not None else data["train"]
+    reloaded, _ = load_reward_model(out, recipe["base_model"], tokenizer)
+    accuracy = {**pairwise_accuracy(reloaded, tokenizer, held_out, data["kind"]),
+                "split": "eval" if data["eval"] is not None else "train (no eval_split set)"}
+    log(f"reward model pairwise accuracy on {accuracy['split']}: {accuracy['accuracy']:.3f} "
+        f"({accuracy['pairs']} pairs, mean margin {accuracy['mean_margin']:+.3f})")
+    return common.record(trainer, result, args, stage, data, tokenizer, out, source, False,
+                         reward_accuracy=accuracy, trained_with_adapter=peft is not None)

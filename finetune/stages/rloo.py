@@ -1,0 +1,40 @@
+"""RLOO and GRPO stages: TRL's online RL trainers scored by the trained reward model (no value model).
+
+The lighter modern alternative to PPO: several completions per prompt, baselined against each other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finetune import modeling
+from finetune.data import stage_data
+from finetune.stages import common
+
+ONLINE_DEFAULTS = {"max_completion_length": 32, "num_generations": 4, "log_completions": False}
+
+
+def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
+    import trl
+
+    from finetune.stages.reward import load_reward_model
+
+    config_cls, trainer_cls = ((trl.RLOOConfig, trl.RLOOTrainer) if stage["kind"] == "rloo"
+                               else (trl.GRPOConfig, trl.GRPOTrainer))
+    tokenizer = common.stage_tokenizer(recipe, init)
+    data = stage_data(recipe, stage, "prompts")
+    args = common.build_config(config_cls, stage, recipe["seed"], stage_dir, data["eval"] is not None,
+                               defaults=ONLINE_DEFAULTS)
+    policy, source = common.load_policy(recipe, stage, init, args.gradient_checkpointing)
+    reward_model, reward_tokenizer = load_reward_model(init["reward_model"], recipe["base_model"])
+    peft = modeling.peft_config(stage["peft"]) if stage["peft"] else None
+    log(f"policy from {source}; rewards from {init['reward_model']}")
+    trainer = trainer_cls(model=policy, reward_funcs=reward_model, args=args, train_dataset=data["train"],
+                          eval_dataset=data["eval"], processing_class=tokenizer,
+                          reward_processing_classes=reward_tokenizer, peft_config=peft)
+    result = common.train(trainer, stage_dir, log)
+    trainer.save_model(str(stage_dir / "model"))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(stage_dir / "model"))
+    return common.record(trainer, result, args, stage, data, tokenizer, stage_dir / "model", source,
+                         peft is not None)
