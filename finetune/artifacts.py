@@ -22,8 +22,20 @@ def adapter_base(adapter_dir: Path) -> str:
         raise UserError(f"{adapter_dir}: not a peft adapter folder (adapter_config.json missing or unreadable)") from None
 
 
-def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: dict | None = None,
-                  auto_class: str = "AutoModelForCausalLM", **load_kwargs) -> Path:
+def _head_for(adapter_dir: Path) -> tuple[str, dict]:
+    """The model class an adapter belongs on: a causal LM, or a sequence classifier with its label count."""
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    if cfg.get("task_type") != "SEQ_CLS":
+        return "AutoModelForCausalLM", {}
+    from safetensors import safe_open
+
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as f:
+        heads = [k for k in f.keys() if k.endswith("score.weight")]
+        num_labels = f.get_slice(heads[0]).get_shape()[0] if heads else 1
+    return "AutoModelForSequenceClassification", {"num_labels": num_labels}
+
+
+def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: dict | None = None) -> Path:
     """Merge an adapter into its full-precision base and save model + tokenizer as safetensors in out_dir.
 
     A QLoRA adapter is merged into the unquantised base, which is how a 4-bit-trained adapter is shipped.
@@ -33,6 +45,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: dict
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out}: output folder is not empty; choose another (nothing was written)")
     bm = {**BASE_DEFAULTS, **(base_model or {}), "path": adapter_base(adapter_dir)}
+    auto_class, load_kwargs = _head_for(adapter_dir)
     model = modeling.load_base_model(bm, None, auto_class=auto_class, **load_kwargs)
     merged = modeling.load_adapter(model, adapter_dir).merge_and_unload()
     tokenizer = modeling.load_tokenizer({**bm, "path": str(adapter_dir)})

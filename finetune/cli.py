@@ -45,9 +45,11 @@ def cmd_tiny(args) -> int:
 
 
 def _lazy_eval_parser(sub) -> None:
+    from finetune.chat import add_parsers
     from finetune.eval_models import add_eval_parser
 
     add_eval_parser(sub)
+    add_parsers(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

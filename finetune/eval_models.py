@@ -32,7 +32,7 @@ def targets(path: str) -> list[tuple[str, Path, dict | None]]:
     found = []
     for d in stage_dirs:
         m = read_json(d / "manifest.json")
-        if m:
+        if m and m["kind"] != "reward":  # a reward model scores text; it does not answer questions
             found.append((m["stage"], Path(m["artifact"]["model"]), m))
     if not found:
         raise UserError(f"{path}: neither a model folder (config.json / adapter_config.json) nor a run with "

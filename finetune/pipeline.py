@@ -13,7 +13,7 @@ import yaml
 
 from finetune import manifest as mf
 from finetune.errors import UserError
-from finetune.schema import RUNNABLE_KINDS
+from finetune.schema import POLICY_KINDS, RUNNABLE_KINDS
 
 
 def log(msg: str) -> None:
@@ -116,7 +116,7 @@ def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
     cfg, out_root = recipe["eval"], run_dir / "eval"
     tasks = [load_task(t) for t in cfg["tasks"]]
     plan = ([("base", None, None)] if cfg["base"] else []) + [
-        (name, Path(m["artifact"]["model"]), m) for name, m in results.items()]
+        (name, Path(m["artifact"]["model"]), m) for name, m in results.items() if m["kind"] in POLICY_KINDS]
     table: dict[str, dict[str, dict]] = {}
     for label, model_dir, manifest in plan:
         identity = manifest["inputs_fingerprint"] if manifest else mf.inputs_fingerprint(base=recipe["base_model"])

@@ -76,8 +76,7 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
         trainer.save_model(str(stage_dir / "adapter"))
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(str(stage_dir / "adapter"))
-            merge_adapter(stage_dir / "adapter", out, recipe["base_model"],
-                          auto_class="AutoModelForSequenceClassification", num_labels=1)
+            merge_adapter(stage_dir / "adapter", out, recipe["base_model"])
     else:
         trainer.save_model(str(out))
         if trainer.is_world_process_zero():

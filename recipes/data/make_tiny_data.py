@@ -19,10 +19,12 @@ the other files are still written and a warning is printed.
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import os
 import random
+import re
 import sys
 
 OUT_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -631,6 +633,560 @@ def build_text(rng):
 
 
 # --------------------------------------------------------------------------
+# Preference data (reward modelling, DPO, online RL prompts)
+# --------------------------------------------------------------------------
+#
+# These files use their own random stream (PREF_SEED), so adding or changing
+# them never changes the bytes of the SFT files above. Every "chosen" answer
+# is correct by construction. Every "rejected" answer has the same style and
+# about the same length, and is wrong by construction: the wrong capital, a
+# wrong number, a word that is not the opposite, a wrong plural, the wrong
+# sound or color, a sentence that is not in the past tense, or (for
+# extractive QA) a span from the context that does not answer the question or
+# an entity that is not in the context at all.
+#
+# Length bias: a reward model must not learn "longer is better", so each
+# builder picks the rejected answer so that it is longer than the chosen one
+# in about half the rows and shorter (or, rarely, equal) in the rest.
+
+PREF_SEED = 1
+
+N_PREFS = 240
+N_PREFS_QA = 96            # 40% extractive QA
+N_PREFS_TEXT = 40
+N_PREFS_TEXT_QA = 16
+N_PREFS_HH = 40
+N_PREFS_HH_TWO_TURN = 10
+N_PREFS_HH_QA = 16
+N_PREFS_IMPLICIT = 40
+N_PREFS_IMPLICIT_QA = 16
+N_PROMPTS = 120
+N_PROMPTS_QA = 48
+
+# Target share of rows where the rejected answer is longer / shorter / the
+# same length as the chosen one (in characters).
+LENGTH_MIX = (("longer", 0.47), ("shorter", 0.47), ("equal", 0.06))
+
+# Well-known cities that are NOT the capital (bigger cities, former
+# capitals). Used as hard negatives next to other countries' capitals.
+CAPITAL_MISTAKES = {
+    "Australia": ["Sydney", "Melbourne"],
+    "Canada": ["Toronto", "Montreal", "Vancouver"],
+    "Turkey": ["Istanbul"],
+    "Brazil": ["Rio de Janeiro", "Sao Paulo"],
+    "Nigeria": ["Lagos"],
+    "Morocco": ["Casablanca", "Marrakesh"],
+    "New Zealand": ["Auckland"],
+    "India": ["Mumbai"],
+    "China": ["Shanghai"],
+    "Vietnam": ["Ho Chi Minh City"],
+    "Saudi Arabia": ["Jeddah"],
+    "Italy": ["Milan"],
+    "Spain": ["Barcelona"],
+    "Russia": ["Saint Petersburg"],
+    "Japan": ["Osaka", "Kyoto"],
+    "Poland": ["Krakow"],
+    "Germany": ["Munich", "Hamburg"],
+    "Ireland": ["Cork"],
+    "South Korea": ["Busan"],
+    "Egypt": ["Alexandria"],
+    "Kenya": ["Mombasa"],
+    "Peru": ["Cusco"],
+    "Argentina": ["Cordoba"],
+    "Colombia": ["Medellin"],
+    "Greece": ["Thessaloniki"],
+    "Norway": ["Bergen"],
+    "Sweden": ["Gothenburg"],
+    "Denmark": ["Aarhus"],
+    "Austria": ["Salzburg"],
+    "Thailand": ["Chiang Mai"],
+    "Iran": ["Isfahan"],
+    "Ghana": ["Kumasi"],
+    "Belgium": ["Antwerp"],
+    "Ukraine": ["Kharkiv", "Odesa"],
+    "Portugal": ["Porto"],
+    "France": ["Lyon", "Marseille"],
+    "Mexico": ["Guadalajara"],
+    "Nepal": ["Pokhara"],
+}
+
+# Words that are related in meaning. A wrong "opposite" is never taken from
+# a group that holds the asked word or its real opposite, so it is clearly
+# not an antonym (no "the opposite of happy is down").
+OPPOSITE_CONFUSABLE = [
+    {"hot", "cold", "summer", "winter", "wet", "dry"},
+    {"up", "down", "top", "bottom", "above", "below", "north", "south",
+     "east", "west", "inside", "outside", "near", "far"},
+    {"happy", "sad", "up", "down"},
+    {"day", "night", "black", "white", "clean", "dirty", "early", "late"},
+    {"early", "late", "before", "after", "first", "last", "start", "finish",
+     "fast", "slow", "win", "lose", "always", "never"},
+    {"full", "empty", "thick", "thin", "strong", "weak", "big", "small",
+     "rich", "poor", "cheap", "expensive"},
+    {"buy", "sell", "give", "take", "win", "lose", "rich", "poor", "cheap",
+     "expensive", "come", "go", "push", "pull", "open", "closed"},
+    {"yes", "no", "true", "false", "always", "never", "question", "answer"},
+    {"loud", "quiet", "asleep", "awake"},
+    {"boy", "girl", "king", "queen"},
+    {"remember", "forget", "asleep", "awake"},
+    {"inside", "outside", "open", "closed", "come", "go", "near", "far"},
+]
+
+# Wrong plurals: the unchanged singular or a wrongly applied rule. None of
+# them is an accepted plural of the noun.
+PLURAL_WRONG = {
+    "cat": ["cat", "cates"], "dog": ["dog", "dogges"],
+    "book": ["book", "beek"], "apple": ["apple", "applen"],
+    "car": ["car", "carren"], "tree": ["tree", "treen"],
+    "bird": ["bird", "birdes"], "cup": ["cup", "cuppes"],
+    "house": ["house", "hice"], "toy": ["toy", "toies"],
+    "key": ["key", "keies"], "day": ["day", "daies"],
+    "box": ["box", "boxs"], "fox": ["fox", "foxs"],
+    "bus": ["bus", "bussen"], "church": ["church", "churchs"],
+    "dish": ["dish", "dishs"], "glass": ["glass", "glassen"],
+    "watch": ["watch", "watchs"], "baby": ["babys", "babyes"],
+    "city": ["citys", "cityes"], "party": ["partys", "partyes"],
+    "story": ["storys", "storyes"], "lady": ["ladys", "ladyes"],
+    "knife": ["knifes", "knifs"], "leaf": ["leafs", "leafes"],
+    "wolf": ["wolfs", "wolfes"], "half": ["halfs", "halfes"],
+    "potato": ["potato", "potatos"], "tomato": ["tomato", "tomatos"],
+    "hero": ["hero", "heroies"], "child": ["childs", "childrens"],
+    "mouse": ["mices", "meese"], "foot": ["foots", "feets"],
+    "tooth": ["tooths", "teeths"], "man": ["mans", "mens"],
+    "woman": ["womans", "womens"], "person": ["person", "persones"],
+    "goose": ["gooses", "geeses"], "sheep": ["sheeps", "sheepes"],
+    "ox": ["oxs", "oxens"],
+}
+
+# Sounds that are NOT wrong for an animal although they belong to another
+# one in ANIMAL_SOUNDS (a dog also howls, a goat also baas, ...).
+SOUND_ALSO_RIGHT = {
+    "dog": {"howls"}, "wolf": {"barks"}, "cat": {"hisses", "howls"},
+    "sheep": {"bleats"}, "goat": {"baas"}, "owl": {"hisses", "squeaks"},
+    "pig": {"squeaks"}, "horse": {"brays"}, "donkey": {"neighs"},
+    "cow": {"bleats"}, "lion": {"hisses"}, "duck": {"hisses"},
+    "frog": {"barks", "squeaks"},
+}
+
+# Clearly wrong colors (no real variety or ripeness stage has them).
+COLOR_WRONG = {
+    "snow": ["green", "red", "black"],
+    "grass": ["red", "purple", "pink"],
+    "a clear sky": ["green", "brown"],
+    "a ripe banana": ["blue", "pink"],
+    "coal": ["white", "yellow", "green"],
+    "a lemon": ["blue", "red", "purple"],
+    "a ripe strawberry": ["blue", "green"],
+    "a carrot": ["blue", "green"],
+    "milk": ["green", "black", "red"],
+    "a pumpkin": ["purple", "pink"],
+    "a ripe tomato": ["blue"],
+    "a crow": ["green", "yellow", "pink"],
+    "chocolate": ["green", "blue"],
+    "a cherry": ["blue"],
+    "a cucumber": ["red", "blue"],
+    "salt": ["green"],
+    "a lime": ["red", "blue", "purple"],
+    "a flamingo": ["green", "blue"],
+    "a polar bear": ["brown", "green"],
+    "an eggplant": ["blue"],
+    "ripe bananas": ["blue", "pink"],
+    "fresh leaves": ["blue", "black"],
+    "carrots": ["blue", "green"],
+    "ripe strawberries": ["blue", "green"],
+}
+
+# Over-regularised past tenses of the irregular verbs in VERBS.
+WRONG_PAST = {
+    "eat": "eated", "go": "goed", "see": "seed", "write": "writed",
+    "drink": "drinked", "run": "runned", "sing": "singed", "buy": "buyed",
+    "make": "maked", "take": "taked", "find": "finded",
+}
+
+PREF_QA_TEMPLATES = [
+    "Context: {ctx}\nQuestion: {q}",
+    "Context: {ctx}\nQuestion: {q}",
+    "Context: {ctx} Question: {q}",
+    "Read the context and answer the question.\nContext: {ctx}\nQuestion: {q}",
+    "Answer using only the context.\nContext: {ctx}\nQuestion: {q}",
+]
+
+# Answer type of each question that qa_context() returns, by kind.
+QA_TYPES = [
+    ["place", "job"],
+    ["place", "place"],
+    ["pet_name", "age", "pet"],
+    ["count", "count"],
+    ["place", "day", "vehicle"],
+    ["fruit", "color"],
+]
+
+
+def qa_type_values(qtype):
+    """All answers of one type, written as qa_context() writes them."""
+    if qtype == "place":
+        return list(PLACES)
+    if qtype == "job":
+        return [cap(article(j)) for j in JOBS]
+    if qtype == "pet_name":
+        return list(PET_NAMES)
+    if qtype == "age":
+        return [f"{x} years old" for x in range(2, 13)]
+    if qtype == "pet":
+        return [cap(article(p)) for p in PETS]
+    if qtype == "count":
+        return [str(x) for x in range(1, 13)]
+    if qtype == "day":
+        return list(DAYS)
+    if qtype == "vehicle":
+        return [f"By {v}" for v in VEHICLES]
+    if qtype == "fruit":
+        return [cap(f) for f in FRUITS]
+    return [cap(c) for c in COLOR_WORDS]
+
+
+def core_word(answer):
+    """The word(s) of an answer that would appear in the context."""
+    for prefix in ("A ", "An ", "By "):
+        if answer.startswith(prefix):
+            return answer[len(prefix):]
+    return answer
+
+
+def in_text(answer, text):
+    pattern = r"\b" + re.escape(core_word(answer)) + r"\b"
+    return re.search(pattern, text, re.IGNORECASE) is not None
+
+
+def pref(category, key, prompt, question, chosen, chosen_short, wrongs):
+    """One preference example.
+
+    chosen/chosen_short: the correct answer, chat style and bare.
+    wrongs: candidate wrong answers, dicts with "long", "short" and
+    "in_ctx" (a span copied from the context, for extractive QA).
+    """
+    wrongs = [w for w in wrongs
+              if w["long"] != chosen and w["short"] != chosen_short]
+    assert wrongs, (category, prompt)
+    return {"category": category, "key": key, "prompt": prompt,
+            "question": question, "chosen": chosen,
+            "chosen_short": chosen_short, "wrongs": wrongs}
+
+
+def wrong(long, short=None, in_ctx=False):
+    return {"long": long, "short": long if short is None else short,
+            "in_ctx": in_ctx}
+
+
+def pref_capital(rng):
+    c, city = rng.choice(CAPITALS)
+    prompt = rng.choice(CAPITAL_TEMPLATES).format(c=c)
+    fact = f"The capital of {c} is {city}."
+    others = [x for _, x in CAPITALS if x != city]
+    cities = CAPITAL_MISTAKES.get(c, []) + rng.sample(others, 4)
+    return pref("capital", ("capital", c), prompt, prompt, fact, city,
+                [wrong(f"The capital of {c} is {w}.", w) for w in cities])
+
+
+def pref_opposite(rng):
+    a, b = rng.choice(OPPOSITES)
+    if rng.random() < 0.5:
+        a, b = b, a
+    prompt = rng.choice(OPPOSITE_TEMPLATES).format(w=a)
+    banned = {a, b}
+    for group in OPPOSITE_CONFUSABLE:
+        if a in group or b in group:
+            banned |= group
+    pool = sorted(w for pair in OPPOSITES for w in pair if w not in banned)
+    words = rng.sample(pool, 5) + [a]  # "the opposite of hot is hot"
+    return pref("opposite", ("opposite", a), prompt, prompt,
+                f"The opposite of {a} is {b}.", b,
+                [wrong(f"The opposite of {a} is {w}.", w) for w in words])
+
+
+def pref_arith(rng):
+    while True:
+        if rng.random() < 0.5:
+            a = rng.randint(0, 19)
+            b = rng.randint(0, 19 - a)
+            r, other, op = a + b, a - b, "+"
+            tpl, ans = rng.choice(ADD_TEMPLATES)
+        else:
+            a = rng.randint(1, 19)
+            b = rng.randint(0, a)
+            r, other, op = a - b, a + b, "-"
+            tpl, ans = rng.choice(SUB_TEMPLATES)
+        apples = "apples" in tpl
+        if not (apples and (a < 2 or b < 1 or r < 2)):
+            break
+    # off by one or two, a slip in the tens digit, or the other operation
+    values = {r - 2, r - 1, r + 1, r + 2, r + 10 if r < 10 else r - 10,
+              other} - {r}
+    values = sorted(v for v in values if v >= (2 if apples else 0))
+    prompt = tpl.format(a=a, b=b)
+    return pref("arithmetic", ("arithmetic", a, op, b), prompt, prompt,
+                ans.format(a=a, b=b, r=r), str(r),
+                [wrong(ans.format(a=a, b=b, r=v), str(v)) for v in values])
+
+
+def pref_plural(rng):
+    w, p = rng.choice(PLURALS)
+    prompt = rng.choice(PLURAL_TEMPLATES).format(w=w)
+    return pref("plural", ("plural", w), prompt, prompt,
+                f"The plural of {w} is {p}.", p,
+                [wrong(f"The plural of {w} is {x}.", x)
+                 for x in PLURAL_WRONG[w]])
+
+
+def pref_animal(rng):
+    if rng.random() < 0.5:
+        animal, verb = rng.choice(ANIMAL_SOUNDS)
+        a = article(animal)
+        prompt = rng.choice(SOUND_TEMPLATES).format(a=a, A=cap(a))
+        also = SOUND_ALSO_RIGHT.get(animal, set())
+        verbs = [v for _, v in ANIMAL_SOUNDS if v != verb and v not in also]
+        fact = f"{cap(a)} {verb}."
+        return pref("animal", ("sound", animal), prompt, prompt, fact, fact,
+                    [wrong(f"{cap(a)} {v}.") for v in rng.sample(verbs, 5)])
+    animal, n = rng.choice(ANIMAL_LEGS)
+    a = article(animal)
+    prompt = rng.choice(LEG_TEMPLATES).format(a=a, A=cap(a))
+
+    def legs(k):
+        return f"{cap(a)} has no legs." if k == 0 else f"{cap(a)} has {k} legs."
+
+    return pref("animal", ("legs", animal), prompt, prompt, legs(n), str(n),
+                [wrong(legs(k), str(k)) for k in (0, 2, 4, 6, 8) if k != n])
+
+
+def pref_color(rng):
+    s, be, c = rng.choice(COLORS)
+    prompt = rng.choice(COLOR_TEMPLATES).format(s=s, be=be)
+    return pref("color", ("color", s), prompt, prompt, f"{cap(s)} {be} {c}.",
+                c, [wrong(f"{cap(s)} {be} {x}.", x) for x in COLOR_WRONG[s]])
+
+
+def pref_past(rng):
+    subj, third = rng.choice(SUBJECTS)
+    base, s3, past, objs = rng.choice(VERBS)
+    obj = rng.choice(objs)
+    present = f"{subj} {s3 if third else base} {obj}."
+    prompt = rng.choice(PAST_TEMPLATES).format(s=present)
+    wrongs = [present, f"{subj} will {base} {obj}."]
+    if base in WRONG_PAST:
+        wrongs.append(f"{subj} {WRONG_PAST[base]} {obj}.")
+    return pref("past_tense", ("past_tense", present), prompt,
+                f"Rewrite in the past tense: {present}",
+                f"{subj} {past} {obj}.", f"{subj} {past} {obj}.",
+                [wrong(w) for w in wrongs])
+
+
+def pref_qa(rng):
+    """Extractive QA over one or two made-up people.
+
+    Wrong answers are spans of the same type from the context that do not
+    answer the question (the other person's town, the other number, the
+    owner's name instead of the pet's) or entities that are not in the
+    context at all (ungrounded).
+    """
+    kind = rng.randrange(QA_KINDS)
+    if rng.random() < 0.5:
+        n1 = rng.choice(NAMES)
+        ctx, qas = qa_context(rng, n1, kind)
+        i = rng.randrange(len(qas))
+        q, a = qas[i]
+        spans = [x for _, x in qas]
+        names = [n1]
+    else:
+        n1, n2 = rng.sample(NAMES, 2)
+        ctx1, qas1 = qa_context(rng, n1, kind)
+        i = rng.randrange(len(qas1))
+        q, a = qas1[i]
+        while True:
+            ctx2, qas2 = qa_context(rng, n2, kind)
+            # the same question about the other person has another answer;
+            # two pets are of different kinds, so "The dog is ..." is clear
+            if qas2[i][1] != a and (kind != 2 or qas2[2][1] != qas1[2][1]):
+                break
+        ctx = f"{ctx1} {ctx2}" if rng.random() < 0.5 else f"{ctx2} {ctx1}"
+        spans = [x for _, x in qas1 + qas2]
+        names = [n1, n2]
+    types = QA_TYPES[kind]
+    qtype = types[i]
+    grounded = [x for x, t in zip(spans, types * 2) if t == qtype and x != a]
+    if qtype == "pet_name":
+        grounded += names  # the owner's name instead of the pet's
+    ungrounded = [x for x in qa_type_values(qtype)
+                  if x != a and not in_text(x, ctx)]
+    wrongs = ([wrong(x, in_ctx=True) for x in dict.fromkeys(grounded)]
+              + [wrong(x) for x in rng.sample(ungrounded, min(4, len(ungrounded)))])
+    prompt = rng.choice(PREF_QA_TEMPLATES).format(ctx=ctx, q=q)
+    return pref("extractive_qa", ("extractive_qa", ctx, q), prompt,
+                f"Context: {ctx}\nQuestion: {q}", a, a, wrongs)
+
+
+PREF_GENERATORS = [pref_capital, pref_opposite, pref_arith, pref_plural,
+                   pref_animal, pref_color, pref_past]
+
+
+def pref_schedule(rng, n, n_qa):
+    """Generators for n rows: n_qa extractive QA, the rest spread evenly."""
+    others = [PREF_GENERATORS[i % len(PREF_GENERATORS)] for i in range(n - n_qa)]
+    order = [pref_qa] * n_qa + others
+    rng.shuffle(order)
+    return order
+
+
+def draw_pref(rng, fn, seen, keys, fresh_tries=60):
+    """Draw an example with a new prompt, preferring a new fact (key)."""
+    for t in range(1000):
+        p = fn(rng)
+        if p["prompt"] in seen or (t < fresh_tries and p["key"] in keys):
+            continue
+        seen.add(p["prompt"])
+        keys.add(p["key"])
+        return p
+    raise RuntimeError("could not draw a new preference example")
+
+
+class LengthBalancer:
+    """Chooses rejected answers so the rejected/chosen length mix follows
+    LENGTH_MIX over a file and, as far as the candidates allow, within each
+    kind of question (a reward model must not learn a length rule)."""
+
+    def __init__(self):
+        self.counts = collections.defaultdict(
+            lambda: {k: 0 for k, _ in LENGTH_MIX})
+
+    @staticmethod
+    def relation(rejected, chosen):
+        if len(rejected) > len(chosen):
+            return "longer"
+        return "shorter" if len(rejected) < len(chosen) else "equal"
+
+    def pick(self, rng, p, field="long", prefer=None):
+        """A wrong answer of p; prefer(chosen, wrong) picks among equals."""
+        chosen = p["chosen"] if field == "long" else p["chosen_short"]
+        groups = {}
+        for w in p["wrongs"]:
+            groups.setdefault(self.relation(w[field], chosen), []).append(w)
+        # the available relation that is furthest below its target share
+        # among the earlier questions of the same kind
+        counts = self.counts[p["key"][0]]
+        n = sum(counts.values())
+        deficit = {k: share * (n + 1) - counts[k]
+                   for k, share in LENGTH_MIX if k in groups}
+        rel = max(deficit, key=lambda k: deficit[k])
+        pool = groups[rel]
+        if prefer is not None:
+            pool = [w for w in pool if prefer(chosen, w[field])] or pool
+        grounded = [w for w in pool if w["in_ctx"]]
+        if grounded and rng.random() < 0.6:
+            pool = grounded
+        counts[rel] += 1
+        return rng.choice(pool)[field]
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+def build_prefs(rng, seen, keys):
+    bal = LengthBalancer()
+    rows = []
+    for fn in pref_schedule(rng, N_PREFS, N_PREFS_QA):
+        p = draw_pref(rng, fn, seen, keys)
+        rows.append({"prompt": [user(p["prompt"])],
+                     "chosen": [assistant(p["chosen"])],
+                     "rejected": [assistant(bal.pick(rng, p))]})
+    return rows
+
+
+def build_prefs_text(rng, seen):
+    bal = LengthBalancer()
+    keys = set()
+    rows = []
+    for fn in pref_schedule(rng, N_PREFS_TEXT, N_PREFS_TEXT_QA):
+        p = draw_pref(rng, fn, seen, keys)
+        q = p["question"]
+        prompt = (q if "\nQuestion:" in q else f"Question: {q}") + "\nAnswer:"
+        rows.append({"prompt": prompt,
+                     "chosen": " " + p["chosen_short"],
+                     "rejected": " " + bal.pick(rng, p, "short")})
+    return rows
+
+
+def word_boundary_diff(a, b):
+    """True if a and b first differ at the start of a word."""
+    i = 0
+    while i < min(len(a), len(b)) and a[i] == b[i]:
+        i += 1
+    return i == 0 or a[i - 1] == " "
+
+
+def build_prefs_hh(rng, seen):
+    # Prefer wrong answers that differ from the chosen one from the start of
+    # a word, so that extracting the shared prompt (the common prefix, as
+    # TRL does for implicit-prompt text) does not cut a word in two.
+    bal = LengthBalancer()
+    keys = set()
+    rows = []
+    two_turn = set(rng.sample(range(N_PREFS_HH), N_PREFS_HH_TWO_TURN))
+    for i, fn in enumerate(pref_schedule(rng, N_PREFS_HH, N_PREFS_HH_QA)):
+        prefix = ""
+        if i in two_turn:
+            first = draw_pref(rng, rng.choice(PREF_GENERATORS + [pref_qa]),
+                              seen, keys)
+            prefix = f"\n\nHuman: {first['prompt']}\n\nAssistant: {first['chosen']}"
+        p = draw_pref(rng, fn, seen, keys)
+        prefix += f"\n\nHuman: {p['prompt']}\n\nAssistant: "
+        rows.append({"chosen": prefix + p["chosen"],
+                     "rejected": prefix + bal.pick(rng, p, "long",
+                                                   word_boundary_diff)})
+    return rows
+
+
+def build_prefs_implicit(rng, seen):
+    bal = LengthBalancer()
+    keys = set()
+    rows = []
+    for fn in pref_schedule(rng, N_PREFS_IMPLICIT, N_PREFS_IMPLICIT_QA):
+        p = draw_pref(rng, fn, seen, keys)
+        rows.append({"chosen": [user(p["prompt"]), assistant(p["chosen"])],
+                     "rejected": [user(p["prompt"]), assistant(bal.pick(rng, p))]})
+    return rows
+
+
+def build_prompts(rng, seen, pref_keys):
+    """Prompts only, for online RL; new facts where possible."""
+    keys = set(pref_keys)
+    rows = []
+    for fn in pref_schedule(rng, N_PROMPTS, N_PROMPTS_QA):
+        p = draw_pref(rng, fn, seen, keys)
+        rows.append({"prompt": [user(p["prompt"])]})
+    return rows
+
+
+def build_pref_files(rng):
+    """All preference files, in a fixed order from one random stream."""
+    seen = set()   # prompts are not repeated across the preference files
+    pref_keys = set()
+    prefs = build_prefs(rng, seen, pref_keys)
+    text = build_prefs_text(rng, seen)
+    hh = build_prefs_hh(rng, seen)
+    implicit = build_prefs_implicit(rng, seen)
+    prompts = build_prompts(rng, seen, pref_keys)
+    return [("tiny_prefs.jsonl", prefs), ("tiny_prefs_text.jsonl", text),
+            ("tiny_prefs_hh.jsonl", hh),
+            ("tiny_prefs_implicit.jsonl", implicit),
+            ("tiny_prompts.jsonl", prompts)]
+
+
+# --------------------------------------------------------------------------
 # Writers
 # --------------------------------------------------------------------------
 
@@ -687,6 +1243,12 @@ def main():
         if name.endswith(".parquet") and not wrote_parquet:
             print(f"{name:<28} skipped (needs pyarrow)")
             continue
+        print(f"{name:<28} {len(rows):>4} rows")
+
+    # Preference files: a separate random stream, so the files above keep
+    # their bytes whatever happens here.
+    for name, rows in build_pref_files(random.Random(PREF_SEED)):
+        write_jsonl(out(name), rows)
         print(f"{name:<28} {len(rows):>4} rows")
 
 
