@@ -52,6 +52,19 @@ def load_reward_model(path: str | Path, base_model: dict, tokenizer=None):
     return model.eval(), tokenizer
 
 
+def _match_head_dtype(model) -> None:
+    """Give the trained score head the dtype of the hidden states it receives.
+
+    TRL 1.12 casts every trainable parameter of a quantised model to bf16 (the QLoRA recipe), the new score
+    head included; but k-bit preparation keeps norms in fp32, so the head then gets fp32 inputs and the
+    matmul fails. LoRA layers cast their inputs themselves; the plain head does not.
+    """
+    hidden_dtype = model.get_input_embeddings().weight.dtype
+    for name, param in model.named_parameters():
+        if param.requires_grad and "score" in name and "lora_" not in name:
+            param.data = param.data.to(hidden_dtype)
+
+
 def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
     from trl import RewardConfig, RewardTrainer
 
@@ -70,6 +83,8 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     peft = modeling.peft_config(stage["peft"], task_type="SEQ_CLS") if stage["peft"] else None
     trainer = RewardTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["eval"],
                             processing_class=tokenizer, peft_config=peft)
+    if stage["quantization"]:
+        _match_head_dtype(trainer.model)
     result = common.train(trainer, stage_dir, log)
     out = stage_dir / "model"
     if peft:

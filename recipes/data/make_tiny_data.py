@@ -1,17 +1,22 @@
 #!/usr/bin/env python
-"""Generate the tiny synthetic instruction-tuning datasets in recipes/data/.
+"""Generate the tiny synthetic instruction-tuning and preference datasets in
+recipes/data/.
 
 The data is written by this project (not scraped or derived from any other
 dataset) and is released under the project licence (Apache-2.0). It is meant
 for smoke tests and demos that SFT tiny, randomly initialised models for a few
 dozen steps, so it is short, regular, plain ASCII English, and every answer is
-correct by construction.
+correct by construction. The preference files (tiny_prefs*.jsonl) pair each
+correct answer with a wrong one of the same style for reward modelling and
+DPO, and tiny_prompts.jsonl holds prompts only, for online RL (PPO, RLOO).
 
 Run from the repository root:
 
     python recipes/data/make_tiny_data.py
 
-Output is deterministic (seeded with ``random.Random(0)``). Everything except
+Output is deterministic: the SFT files are seeded with ``random.Random(0)``
+and the preference files with their own ``random.Random(1)``, so changing the
+preference data never changes the SFT files. Everything except
 the Parquet file uses only the standard library; ``tiny_text.parquet`` needs
 ``pyarrow`` (already a dependency of ``datasets``). If pyarrow is missing,
 the other files are still written and a warning is printed.
@@ -990,7 +995,7 @@ def pref_qa(rng):
     context at all (ungrounded).
     """
     kind = rng.randrange(QA_KINDS)
-    if rng.random() < 0.5:
+    if rng.random() < 0.35:
         n1 = rng.choice(NAMES)
         ctx, qas = qa_context(rng, n1, kind)
         i = rng.randrange(len(qas))
@@ -1013,7 +1018,9 @@ def pref_qa(rng):
         names = [n1, n2]
     types = QA_TYPES[kind]
     qtype = types[i]
-    grounded = [x for x, t in zip(spans, types * 2) if t == qtype and x != a]
+    span_types = types * (len(spans) // len(types))  # one or two people
+    grounded = [x for x, t in zip(spans, span_types, strict=True)
+                if t == qtype and x != a]
     if qtype == "pet_name":
         grounded += names  # the owner's name instead of the pet's
     ungrounded = [x for x in qa_type_values(qtype)
@@ -1081,7 +1088,7 @@ class LengthBalancer:
         if prefer is not None:
             pool = [w for w in pool if prefer(chosen, w[field])] or pool
         grounded = [w for w in pool if w["in_ctx"]]
-        if grounded and rng.random() < 0.6:
+        if grounded and rng.random() < 0.85:
             pool = grounded
         counts[rel] += 1
         return rng.choice(pool)[field]
