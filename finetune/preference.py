@@ -14,15 +14,19 @@ import re
 
 from finetune.errors import UserError
 
-HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 
 def _is_messages(value) -> bool:
-    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+    return isinstance(value, list) and all(
+        isinstance(m, dict) and m.get("role") in CHAT_ROLES and isinstance(m.get("content"), str) for m in value)
 
 
 def parse_hh(text: str) -> list[dict]:
     """Split "\n\nHuman: a\n\nAssistant: b" into messages; raises ValueError when it has no turns."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected '\\n\\nHuman: ... \\n\\nAssistant: ...' text, got {type(text).__name__}")
     parts = HH_TURN.split(text if text.startswith("\n\n") else "\n\n" + text)
     if len(parts) < 3 or parts[0].strip():
         raise ValueError("not in the '\\n\\nHuman: ... \\n\\nAssistant: ...' layout")
@@ -63,14 +67,16 @@ def normalise_pair(row: dict, layout: str) -> tuple[dict | None, str | None]:
         if isinstance(prompt, str) != isinstance(chosen, str) or isinstance(chosen, str) != isinstance(rejected, str):
             raise ValueError("prompt, chosen and rejected must all be text or all be message lists")
         if not isinstance(prompt, str) and not all(map(_is_messages, (prompt, chosen, rejected))):
-            raise ValueError("message lists need {role, content} items")
+            raise ValueError(f"message lists need {{role, content}} items with role one of {', '.join(CHAT_ROLES)}")
     else:
         if layout == "hh":
             chosen_msgs, rejected_msgs = parse_hh(row["chosen"]), parse_hh(row["rejected"])
         else:
             chosen_msgs, rejected_msgs = row["chosen"], row["rejected"]
             if not (_is_messages(chosen_msgs) and _is_messages(rejected_msgs)):
-                raise ValueError("chosen and rejected must be message lists")
+                raise ValueError(f"chosen and rejected must be message lists with roles {', '.join(CHAT_ROLES)}")
+        if chosen_msgs == rejected_msgs:
+            return None, "chosen == rejected"
         prompt, chosen, rejected = _split_shared_prefix(chosen_msgs, rejected_msgs)
         if not prompt:
             return None, "no shared prompt"
@@ -113,6 +119,10 @@ def prompts_only(ds, where: str):
 
     cols = set(ds.column_names)
     if {"chosen", "rejected"} <= cols:
+        if "prompt" in cols:  # implicit layouts without a shared prompt are dropped (and counted) instead
+            for i, prompt in enumerate(ds["prompt"]):
+                if not prompt or (isinstance(prompt, str) and not prompt.strip()):
+                    raise UserError(f"{where}: row {i}: empty prompt")
         pairs, dropped, kind = normalise_pairs(ds, where)
         return datasets.Dataset.from_list([{"prompt": p} for p in pairs["prompt"]]), dropped, kind
     rows = []

@@ -54,7 +54,7 @@ POLICY_KINDS = ("sft", "dpo", "ppo", "rloo", "grpo")  # stages whose output is a
 ONLINE_KINDS = ("ppo", "rloo", "grpo")  # stages scored by a reward model
 DATA_FORMATS = ("auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text")
 COLUMN_TARGETS = ("messages", "conversations", "instruction", "input", "output", "system",
-                  "prompt", "completion", "text")
+                  "prompt", "completion", "text", "chosen", "rejected")
 
 BASE_MODEL = Section({
     "path": Key((str,), REQUIRED, "hub id (org/name) or local directory of a pretrained causal LM"),

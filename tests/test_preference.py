@@ -210,9 +210,6 @@ def test_implicit_drops_are_counted_by_reason(jsonl):
     assert dropped == {"no shared prompt": 1, "chosen == rejected": 1, "empty answer": 1}
 
 
-@pytest.mark.xfail(strict=True, reason="bug: in the implicit and hh layouts an identical chosen/rejected "
-                   "conversation is shared-prefix split into two empty answers and counted as 'empty answer', "
-                   "not 'chosen == rejected'")
 @pytest.mark.parametrize("layout", ["implicit", "hh"])
 def test_identical_conversations_count_as_equal(layout):
     conv = ([M("user", "q"), M("assistant", "a")] if layout == "implicit"
@@ -257,8 +254,6 @@ def test_malformed_rows_name_the_row(jsonl, rows, fragment):
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: preference.normalise_pairs catches ValueError/TypeError/KeyError "
-                   "but parse_hh(None) raises AttributeError, so a null answer in an HH file is a traceback")
 def test_hh_null_answer_names_the_row(jsonl):
     ds = jsonl([{"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: b"},
                 {"chosen": None, "rejected": "\n\nHuman: q\n\nAssistant: b"}])
@@ -266,8 +261,6 @@ def test_hh_null_answer_names_the_row(jsonl):
         normalise_pairs(ds, "w")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: preference._is_messages only checks that `role` is present; a role "
-                   "such as 'robot' (or null) is accepted, while SFT data (data.CHAT_ROLES) rejects it")
 def test_unknown_role_names_the_row(jsonl):
     ds = jsonl([{"prompt": [M("user", "q")], "chosen": [M("assistant", "a")], "rejected": [M("assistant", "b")]},
                 {"prompt": [M("user", "q")], "chosen": [M("robot", "a")], "rejected": [M("assistant", "b")]}])
@@ -331,8 +324,6 @@ def test_prompts_errors(jsonl, rows, fragment):
     assert fragment in str(err.value)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: prompts_only on preference pairs goes through normalise_pairs, "
-                   "which never checks the prompt, so an empty explicit prompt becomes an empty RL prompt")
 def test_prompts_from_pairs_with_empty_prompt_is_an_error(jsonl):
     ds = jsonl([{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": " ", "chosen": "a", "rejected": "b"}])
     with pytest.raises(UserError, match="row 1: empty prompt"):
@@ -427,10 +418,7 @@ MAPPED_ROWS = [{"question": "2+2?", "good": " 4", "bad": " 5", "prompt": "ignore
 
 
 def test_column_mapping_in_stage_data(tmp_path, jsonl):
-    """data.py's rename: {chosen: good, rejected: bad, prompt: question}; an existing `prompt` is replaced.
-
-    Set after validation, because validation refuses `chosen`/`rejected` targets (see the xfail below).
-    """
+    """data.py's rename: {chosen: good, rejected: bad, prompt: question}; an existing `prompt` is replaced."""
     path = jsonl(MAPPED_ROWS, as_path=True)
     recipe = load_recipe(recipe_file(tmp_path, {"p": path}))
     recipe["data"]["p"]["columns"] = {"chosen": "good", "rejected": "bad", "prompt": "question"}
@@ -439,8 +427,6 @@ def test_column_mapping_in_stage_data(tmp_path, jsonl):
         {"prompt": "2+2?", "chosen": " 4", "rejected": " 5"}, {"prompt": "3+3?", "chosen": " 6", "rejected": " 7"}]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: schema.COLUMN_TARGETS lacks `chosen` and `rejected`, so a recipe "
-                   "cannot map preference columns although preference.detect_layout tells the user to")
 def test_column_mapping_through_a_recipe(tmp_path, jsonl):
     path = jsonl(MAPPED_ROWS, as_path=True)
     recipe = load_recipe(recipe_file(tmp_path, {"p": {

@@ -1,0 +1,83 @@
+"""The tiny pipelines end to end, reruns that train nothing, and a SIGKILLed run that resumes exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO, sft_recipe
+
+from finetune.pipeline import run_recipe
+from finetune.recipe import load_recipe
+
+SMALL = ["stages.sft.train.num_train_epochs=1", "data.chat.max_rows=48", "data.alpaca.max_rows=16",
+         "data.sharegpt.max_rows=16", "eval.limit=4", "eval.tasks=[capitals_open_chat]"]
+PER_RECIPE = {
+    "ppo": ["data.prefs.max_rows=48", "data.prompts.max_rows=32", "stages.reward.train.num_train_epochs=1",
+            "stages.ppo.train.total_episodes=32", "stages.ppo.train.response_length=8"],
+    "dpo": ["data.prefs.max_rows=48", "stages.dpo.train.num_train_epochs=1"],
+    "rloo": ["data.prefs.max_rows=48", "data.prompts.max_rows=32", "stages.reward.train.num_train_epochs=1",
+             "stages.rloo.train.max_steps=2", "stages.rloo.train.max_completion_length=8"],
+}
+STAGES = {"ppo": ["sft", "reward", "ppo"], "dpo": ["sft", "dpo"], "rloo": ["sft", "reward", "rloo"]}
+
+
+@pytest.mark.parametrize("name", ["ppo", "dpo", "rloo"])
+def test_tiny_pipeline_end_to_end_then_rerun_trains_nothing(tiny_llama, tmp_path, monkeypatch, capsys, name):
+    monkeypatch.chdir(REPO)
+    overrides = [f"base_model.path={tiny_llama}", *SMALL, *PER_RECIPE[name]]
+    out_dir = str(tmp_path / "run")
+    results = run_recipe(load_recipe(f"recipes/tiny/{name}.yaml", overrides), output_dir=out_dir)
+    assert list(results) == STAGES[name]
+    table = (tmp_path / "run" / "eval" / "results.md").read_text()
+    for stage in ["base", *STAGES[name]]:
+        assert (f"| {stage} |" in table) == (stage != "reward"), table
+    if "reward" in results:
+        assert 0 <= results["reward"]["reward_accuracy"]["accuracy"] <= 1
+    stamps = {s: (tmp_path / "run" / s / "manifest.json").stat().st_mtime_ns for s in STAGES[name]}
+    capsys.readouterr()
+    again = run_recipe(load_recipe(f"recipes/tiny/{name}.yaml", overrides), output_dir=out_dir)
+    err = capsys.readouterr().err
+    assert all(f"{s}: done with unchanged inputs, skipped" in err for s in STAGES[name])
+    assert "results up to date, skipped" in err and "resuming" not in err
+    assert {s: (tmp_path / "run" / s / "manifest.json").stat().st_mtime_ns for s in STAGES[name]} == stamps
+    assert again == results
+
+
+def final_loss(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "sft" / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r][-1]
+
+
+def test_sigkill_mid_stage_then_rerun_resumes_and_matches_uninterrupted(tiny_llama, write_recipe, tmp_path):
+    train = {"max_steps": 60, "save_strategy": "steps", "save_steps": 5, "save_total_limit": None,
+             "per_device_train_batch_size": 4}
+    path = write_recipe(sft_recipe(tiny_llama, train=train))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "finetune", "run", str(path), "--output-dir"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, str(killed)], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not list((killed / "sft" / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "sft" / "manifest.json").exists()
+    resumed = subprocess.run([*cmd, str(killed)], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from checkpoint-" in resumed.stderr
+    straight = subprocess.run([*cmd, str(tmp_path / "straight")], env=env, cwd=REPO, capture_output=True,
+                              text=True, timeout=600)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    a, b = final_loss(killed), final_loss(tmp_path / "straight")
+    assert a["step"] == b["step"] == 60
+    assert abs(a["loss"] - b["loss"]) < 1e-5, (a, b)
