@@ -10,7 +10,18 @@ export HF_DATASETS_OFFLINE=1
 export HF_EVALUATE_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: help install test demo lint tiny clean bench bench-eval
+# `make <recipe>` / `make <recipe>-<stage>` run through accelerate when ACCELERATE_CONFIG is set:
+#   make qwen2.5-7b ACCELERATE_CONFIG=recipes/accelerate/zero3.yaml NUM_PROCESSES=8
+ACCELERATE_CONFIG ?=
+NUM_PROCESSES ?= 1
+ARGS ?=
+ifeq ($(ACCELERATE_CONFIG),)
+LAUNCH := $(BIN)/python -m finetune.targets
+else
+LAUNCH := $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_PROCESSES) -m finetune.targets
+endif
+
+.PHONY: help install test demo lint tiny clean bench bench-eval recipes
 
 help:
 	@echo "make install   venv + pinned dependencies (torch first, then the package, editable)"
@@ -18,6 +29,7 @@ help:
 	@echo "make demo      build tiny models, run the tiny recipe end to end, print EM/F1"
 	@echo "make lint      ruff"
 	@echo "make bench     benchmarks (batched vs one-at-a-time generation)"
+	@echo "make recipes   list every recipe target; make <recipe> runs it, make <recipe>-<stage> one stage"
 	@echo "make tiny      build the tiny Llama and Qwen2 models under models/"
 
 install: $(STAMP)
@@ -49,6 +61,14 @@ bench-eval: $(STAMP) $(TINY)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+
+recipes: $(STAMP)
+	@$(BIN)/python -m finetune.targets --list
+
+# Any other target is a recipe (or recipe-stage) name: see `make recipes`.
+.DEFAULT:
+	@$(MAKE) --no-print-directory $(STAMP) $(TINY)
+	$(LAUNCH) $@ $(ARGS)
 
 clean:
 	rm -rf runs models .pytest_cache

@@ -35,10 +35,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_tiny(args) -> int:
-    from finetune.tiny import build_tiny
+    from finetune.tiny import DEFAULT_CORPUS_DIRS, build_tiny
 
     sizes = {k: v for k, v in (("hidden", args.hidden), ("layers", args.layers)) if v is not None}
-    out = build_tiny(args.out, args.arch, corpus=args.corpus or ("recipes/data", "eval/data"),
+    out = build_tiny(args.out, args.arch, corpus=args.corpus or DEFAULT_CORPUS_DIRS,
                      vocab_size=args.vocab_size, seed=args.seed, overwrite=args.overwrite, **sizes)
     print(f"built tiny {args.arch} model in {out}")
     return 0
@@ -76,10 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("tiny", help="build a tiny random-weight model + BPE tokenizer offline")
-    p.add_argument("--arch", default="llama", choices=("llama", "qwen2"))
+    p.add_argument("--arch", default="llama", choices=("llama", "qwen2", "mistral"))
     p.add_argument("--out", required=True, help="folder to save the model in")
     p.add_argument("--corpus", nargs="*", help="text/JSON files or folders to train the tokenizer on "
-                   "(default: recipes/data and eval/data)")
+                   "(default: recipes/data; never evaluation data)")
     p.add_argument("--vocab-size", type=int, default=4096)
     p.add_argument("--hidden", type=int, help="hidden size (default 128)")
     p.add_argument("--layers", type=int, help="number of layers (default 2)")

@@ -19,8 +19,8 @@ from finetune import squad
 from finetune.errors import UserError
 
 TASK_DIR = Path(__file__).resolve().parent.parent / "eval" / "tasks"
-TASK_KEYS = {"name", "metric", "data", "format", "prompt", "chat_template", "few_shot", "few_shot_data",
-             "stop", "max_new_tokens", "abstain", "system"}
+TASK_KEYS = {"name", "metric", "data", "split", "subset", "format", "prompt", "chat_template", "few_shot",
+             "few_shot_data", "stop", "max_new_tokens", "abstain", "system"}
 FORMATS = ("squad_json", "hf_rows", "open_qa")
 
 
@@ -37,6 +37,7 @@ def load_task(name_or_path: str) -> dict:
     if unknown:
         raise UserError(f"{path}: unknown task key(s) {sorted(unknown)}; known: {sorted(TASK_KEYS)}")
     task = {"name": path.stem, "metric": "squad_v1", "format": "squad_json", "chat_template": False,
+            "split": "validation", "subset": None,
             "few_shot": 0, "few_shot_data": None, "stop": ["\n"], "max_new_tokens": 32, "abstain": [],
             "system": None, **spec, "path": str(path)}
     for key in ("data", "prompt"):
@@ -52,11 +53,27 @@ def load_task(name_or_path: str) -> dict:
     return task
 
 
-def _read_rows(path: str, fmt: str) -> list[dict]:
+def _hub_rows(dataset_id: str, subset: str | None, split: str) -> list[dict]:
+    """A hub dataset (e.g. rajpurkar/squad, split validation) as a list of rows, through `datasets`."""
+    import datasets
+
+    try:
+        return list(datasets.load_dataset(dataset_id, subset, split=split))
+    except Exception as e:  # noqa: BLE001 - offline and missing-dataset errors come in many types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise UserError(f"eval data '{dataset_id}': not a local file and could not be loaded from the hub "
+                        f"({first[:160]})") from None
+
+
+def _read_rows(path: str, fmt: str, split: str = "validation", subset: str | None = None) -> list[dict]:
     """Rows {id, context, question, golds, impossible} from one of the three input formats."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"eval data '{path}' not found")
+        from finetune.recipe import HUB_ID
+
+        if fmt == "squad_json" or not HUB_ID.match(path) or p.suffix:
+            raise UserError(f"eval data '{path}' not found")
+        return _rows_from_records(_hub_rows(path, subset, split), fmt, path)
     text = p.read_text(encoding="utf-8")
     if fmt == "squad_json":
         return [{"id": qa["id"], "context": para["context"], "question": qa["question"],
@@ -68,6 +85,10 @@ def _read_rows(path: str, fmt: str) -> list[dict]:
             json.loads(line) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: malformed JSON ({e.msg}, line {e.lineno})") from None
+    return _rows_from_records(records, fmt, path)
+
+
+def _rows_from_records(records: list[dict], fmt: str, path: str) -> list[dict]:
     rows = []
     for i, r in enumerate(records):
         try:
@@ -94,7 +115,7 @@ def _official_layout(rows: list[dict]) -> list:
 
 def build_prompts(task: dict, rows: list[dict], tokenizer) -> list[str]:
     """Render every question (with k shots from the few-shot split) as the text the model continues."""
-    shots_pool = _read_rows(task["few_shot_data"], task["format"]) if task["few_shot"] else []
+    shots_pool = _read_rows(task["few_shot_data"], task["format"], "train", task["subset"]) if task["few_shot"] else []
     rng = random.Random(0)
     prompts = []
     for r in rows:
@@ -154,7 +175,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
 def evaluate_task(model, tokenizer, task: dict, out_dir: Path | None, batch_size: int = 16,
                   limit: int | None = None, max_new_tokens: int | None = None) -> dict:
     """Generate and score one task; writes predictions.jsonl and results.json to out_dir when given."""
-    rows = _read_rows(task["data"], task["format"])[: limit or None]
+    rows = _read_rows(task["data"], task["format"], task["split"], task["subset"])[: limit or None]
     if not rows:
         raise UserError(f"eval task {task['name']}: {task['data']} has no questions")
     prompts = build_prompts(task, rows, tokenizer)

@@ -2,7 +2,8 @@
 
 Layouts accepted (after `columns:` renames):
   explicit     prompt + chosen + rejected, as text or as message lists
-  implicit     chosen + rejected conversations that share a prefix (the prompt)
+  implicit     chosen + rejected conversations that share a prefix (the prompt); also UltraFeedback's
+               layout, where a `prompt` string sits beside conversations that already include it
   hh           "\n\nHuman: ... \n\nAssistant: ..." text in chosen/rejected (Anthropic HH style)
 Every pair becomes {"prompt", "chosen", "rejected"}: conversational (messages) or text, one kind per stage.
 Pairs whose answers are equal or empty are dropped and counted by reason, never silently.
@@ -40,6 +41,10 @@ def detect_layout(columns: list[str], first: dict, where: str) -> str:
         raise UserError(f"{where}: preference data needs `chosen` and `rejected` columns; found {sorted(cols)} "
                         f"(map yours with `columns:`)")
     if "prompt" in cols:
+        # UltraFeedback-binarised style: a prompt string next to full conversations that already hold it.
+        if isinstance(first["prompt"], str) and _is_messages(first["chosen"]) and \
+                first["chosen"] and first["chosen"][0]["role"] in ("system", "user"):
+            return "implicit"
         return "explicit"
     if isinstance(first["chosen"], str) and "\n\nAssistant:" in first["chosen"]:
         return "hh"

@@ -23,7 +23,7 @@ def tiny_llama(tmp_path_factory) -> Path:
     from finetune.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("models") / "tiny-llama", "llama",
-                      corpus=[DATA, REPO / "eval" / "data"], vocab_size=2048)
+                      corpus=[DATA], vocab_size=2048)
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +31,7 @@ def tiny_qwen2(tmp_path_factory) -> Path:
     from finetune.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("models") / "tiny-qwen2", "qwen2",
-                      corpus=[DATA, REPO / "eval" / "data"], vocab_size=2048)
+                      corpus=[DATA], vocab_size=2048)
 
 
 @pytest.fixture
