@@ -105,6 +105,10 @@ def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = N
         results[stage["name"]] = done
     if recipe["eval"] and recipe["eval"]["tasks"] and _is_main_process():
         run_evals(recipe, run_dir, results)
+    if _is_main_process():
+        from finetune.report import write_report
+
+        log(f"report: {write_report(run_dir, recipe, results)}")
     return results
 
 

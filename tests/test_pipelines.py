@@ -18,10 +18,10 @@ from finetune.recipe import load_recipe
 SMALL = ["stages.sft.train.num_train_epochs=1", "data.chat.max_rows=48", "data.alpaca.max_rows=16",
          "data.sharegpt.max_rows=16", "eval.limit=4", "eval.tasks=[capitals_open_chat]"]
 PER_RECIPE = {
-    "ppo": ["data.prefs.max_rows=48", "data.prompts.max_rows=32", "stages.reward.train.num_train_epochs=1",
+    "ppo": ["data.prefs.max_rows=48", "stages.reward.train.logging_steps=1", "data.prompts.max_rows=32", "stages.reward.train.num_train_epochs=1",
             "stages.ppo.train.total_episodes=32", "stages.ppo.train.response_length=8"],
-    "dpo": ["data.prefs.max_rows=48", "stages.dpo.train.num_train_epochs=1"],
-    "rloo": ["data.prefs.max_rows=48", "data.prompts.max_rows=32", "stages.reward.train.num_train_epochs=1",
+    "dpo": ["data.prefs.max_rows=48", "stages.dpo.train.num_train_epochs=1", "stages.dpo.train.logging_steps=1"],
+    "rloo": ["data.prefs.max_rows=48", "stages.reward.train.logging_steps=1", "data.prompts.max_rows=32", "stages.reward.train.num_train_epochs=1",
              "stages.rloo.train.max_steps=2", "stages.rloo.train.max_completion_length=8"],
 }
 STAGES = {"ppo": ["sft", "reward", "ppo"], "dpo": ["sft", "dpo"], "rloo": ["sft", "reward", "rloo"]}
@@ -39,6 +39,7 @@ def test_tiny_pipeline_end_to_end_then_rerun_trains_nothing(tiny_llama, tmp_path
         assert (f"| {stage} |" in table) == (stage != "reward"), table
     if "reward" in results:
         assert 0 <= results["reward"]["reward_accuracy"]["accuracy"] <= 1
+    check_report(tmp_path / "run", STAGES[name])
     stamps = {s: (tmp_path / "run" / s / "manifest.json").stat().st_mtime_ns for s in STAGES[name]}
     capsys.readouterr()
     again = run_recipe(load_recipe(f"recipes/tiny/{name}.yaml", overrides), output_dir=out_dir)
@@ -47,6 +48,23 @@ def test_tiny_pipeline_end_to_end_then_rerun_trains_nothing(tiny_llama, tmp_path
     assert "results up to date, skipped" in err and "resuming" not in err
     assert {s: (tmp_path / "run" / s / "manifest.json").stat().st_mtime_ns for s in STAGES[name]} == stamps
     assert again == results
+
+
+def check_report(run_dir, stages):
+    """report.md links a manifest per stage and its PNGs exist and are real, non-blank plots."""
+    import matplotlib.image
+
+    report = (run_dir / "report.md").read_text()
+    for stage in stages:
+        assert f"[manifest]({stage}/manifest.json)" in report
+    pngs = ["loss.png", "eval.png"] + [f"{s}.png" for s in stages if s in ("reward", "ppo", "dpo", "rloo")]
+    for png in pngs:
+        assert f"(report/{png})" in report, png
+        path = run_dir / "report" / png
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image = matplotlib.image.imread(path)
+        assert image.shape[0] > 200 and image.shape[1] > 400
+        assert image[..., :3].std() > 0.05, f"{png} is blank"
 
 
 def final_loss(run_dir):

@@ -1,0 +1,132 @@
+"""Run report: runs/<recipe>/report.md with PNG plots of every stage, the EM/F1 table and links.
+
+Plots people look at rather than read: training loss per stage; reward and KL for PPO/RLOO/GRPO; reward
+accuracy and margins for DPO and the reward model; EM/F1 per stage as bars.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from finetune.manifest import read_json
+
+# metric name in the trainer log -> what the plot calls it, per stage kind
+CURVES = {
+    "ppo": [("objective/scores", "reward"), ("objective/kl", "KL to reference")],
+    "rloo": [("reward", "reward"), ("kl", "KL to reference")],
+    "grpo": [("reward", "reward"), ("kl", "KL to reference")],
+    "dpo": [("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin")],
+    "reward": [("accuracy", "train accuracy"), ("margin", "train margin"), ("eval_accuracy", "eval accuracy")],
+}
+
+
+def _history(stage_dir: Path) -> list[dict]:
+    path = stage_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _series(history: list[dict], key: str) -> tuple[list, list]:
+    points = [(h.get("step", i), h[key]) for i, h in enumerate(history) if isinstance(h.get(key), (int, float))]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _plot_lines(path: Path, title: str, series: list[tuple[str, list, list]], ylabel: str) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [s for s in series if s[1]]
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=110)
+    for label, xs, ys in series:
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _plot_eval(path: Path, results: dict[str, dict[str, dict]]) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = list(results)
+    tasks = sorted({t for r in results.values() for t in r})
+    if not stages or not tasks:
+        return False
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(4.5, 2.2 + 1.1 * len(stages)) * len(tasks), 3.4),
+                             dpi=110, squeeze=False)
+    width = 0.38
+    for ax, task in zip(axes[0], tasks, strict=True):
+        em = [results[s].get(task, {}).get("exact", 0) for s in stages]
+        f1 = [results[s].get(task, {}).get("f1", 0) for s in stages]
+        xs = range(len(stages))
+        bars = ax.bar([x - width / 2 for x in xs], em, width, label="EM")
+        ax.bar([x + width / 2 for x in xs], f1, width, label="F1")
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.set_xticks(list(xs), stages)
+        ax.set_ylim(0, 100)
+        ax.set_title(task)
+        ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def write_report(run_dir: Path, recipe: dict, manifests: dict[str, dict]) -> Path:
+    """Write report.md and its PNGs under run_dir/report/; returns the report path."""
+    figs = run_dir / "report"
+    figs.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Run report: {recipe['name']}", "",
+             f"Base model `{recipe['base_model']['path']}`, seed {recipe['seed']}, stages: "
+             + " → ".join(f"{m['stage']} ({m['kind']})" for m in manifests.values()), ""]
+    lines += ["| stage | kind | from | train rows | trainable params | time (s) | notes | manifest |",
+              "|---|---|---|---:|---:|---:|---|---|"]
+    for name, m in manifests.items():
+        notes = []
+        if m.get("reward_accuracy"):
+            notes.append(f"held-out accuracy {m['reward_accuracy']['accuracy']:.3f}")
+        if (m.get("ppo") or {}).get("last"):
+            notes.append(f"reward {m['ppo']['first']['objective/scores']:+.3f} → "
+                         f"{m['ppo']['last']['objective/scores']:+.3f}")
+        if m.get("label_audit"):
+            notes.append(f"{m['label_audit']['supervised_share']:.0%} of tokens supervised")
+        lines.append(f"| {name} | {m['kind']} | {m['init']['stage'] or 'base'} | {m['data']['train_rows']} | "
+                     f"{m['parameters']['trainable']:,} | {m['timings']['seconds']} | {'; '.join(notes)} | "
+                     f"[manifest]({name}/manifest.json) |")
+    lines.append("")
+    losses = [(name, *_series(_history(run_dir / name), "loss")) for name in manifests]
+    if _plot_lines(figs / "loss.png", "training loss per stage", losses, "loss"):
+        lines += ["## Training loss", "", "![training loss](report/loss.png)", ""]
+    for name, m in manifests.items():
+        history = _history(run_dir / name)
+        curves = [(label, *_series(history, key)) for key, label in CURVES.get(m["kind"], [])]
+        if _plot_lines(figs / f"{name}.png", f"{name} ({m['kind']})", curves, "value"):
+            lines += [f"## {name}: {', '.join(label for label, xs, _ in curves if xs)}", "",
+                      f"![{name}](report/{name}.png)", ""]
+    results = read_json(run_dir / "eval" / "results.json")
+    if results:
+        if _plot_eval(figs / "eval.png", results):
+            lines += ["## Evaluation (EM / F1 per stage)", "", "![evaluation](report/eval.png)", ""]
+        lines += [(run_dir / "eval" / "results.md").read_text(), ""]
+        for stage, per_task in results.items():
+            links = ", ".join(f"[{t}](eval/{stage}/{t}/predictions.jsonl)" for t in per_task)
+            lines.append(f"- predictions of {stage}: {links}")
+        lines.append("")
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
