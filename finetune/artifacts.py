@@ -69,12 +69,11 @@ def full_model_dir(artifact: dict, base_model: dict | None = None) -> Path:
         return model_dir
     merged = model_dir.parent / "merged"
     if not (merged / "config.json").exists():
-        from accelerate import PartialState
+        from finetune.ranks import barrier, is_main
 
-        state = PartialState()
-        if state.is_main_process:
+        if is_main():
             merge_adapter(model_dir, merged, base_model)
-        state.wait_for_everyone()
+        barrier()
     return merged
 
 

@@ -38,8 +38,11 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
-def claim_run_dir(run_dir: Path, recipe_name: str) -> None:
-    """Create (or reuse) a run folder; refuse a non-empty folder that is not one of ours."""
+def claim_run_dir(run_dir: Path, recipe_name: str, write: bool = True) -> None:
+    """Create (or reuse) a run folder; refuse a non-empty folder that is not one of ours.
+
+    Every rank checks (so all refuse together); only the one with `write` creates the folder and marker.
+    """
     marker = run_dir / MARKER
     if run_dir.exists():
         if not run_dir.is_dir():
@@ -47,6 +50,8 @@ def claim_run_dir(run_dir: Path, recipe_name: str) -> None:
         if any(run_dir.iterdir()) and not marker.exists():
             raise UserError(f"{run_dir}: output folder holds files that are not a finetune run; "
                             f"choose another --output-dir (nothing was written)")
+    if not write:
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
     if not marker.exists():
         marker.write_text(json.dumps({"recipe": recipe_name}) + "\n")

@@ -16,8 +16,16 @@ from finetune.errors import UserError
 from finetune.schema import POLICY_KINDS, RUNNABLE_KINDS
 
 
+def _state():
+    from finetune.ranks import state
+
+    return state()
+
+
 def log(msg: str) -> None:
-    print(f"[finetune] {msg}", file=sys.stderr, flush=True)
+    """Progress lines on stderr, from the main process only when several ranks run."""
+    if _is_main_process():
+        print(f"[finetune] {msg}", file=sys.stderr, flush=True)
 
 
 def _file_hash(path: Path) -> str:
@@ -43,9 +51,7 @@ def stage_inputs(recipe: dict, stage: dict, init: dict) -> dict:
 
 
 def _is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
+    return _state().is_main_process
 
 
 def _stage_runner(kind: str):
@@ -75,7 +81,8 @@ def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = N
     for stage in recipe["stages"]:
         if stage["kind"] not in RUNNABLE_KINDS:
             _stage_runner(stage["kind"])  # raises the clear error before any training
-    mf.claim_run_dir(run_dir, recipe["name"])
+    mf.claim_run_dir(run_dir, recipe["name"], write=_is_main_process())
+    _state().wait_for_everyone()
     if _is_main_process():
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump({k: v for k, v in recipe.items() if k != "source"},
                                                              sort_keys=False))
@@ -101,6 +108,7 @@ def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = N
                                     f"model changed); pass --force to retrain it, or use another --output-dir")
                 if _is_main_process():
                     shutil.rmtree(stage_dir)
+                _state().wait_for_everyone()
             done = _run_stage(recipe, stage, init, stage_dir, fp)
         results[stage["name"]] = done
     if recipe["eval"] and recipe["eval"]["tasks"] and _is_main_process():
@@ -149,9 +157,10 @@ def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
 
 def _run_stage(recipe: dict, stage: dict, init: dict, stage_dir: Path, fp: str) -> dict:
     runner = _stage_runner(stage["kind"])
-    stage_dir.mkdir(parents=True, exist_ok=True)
     if _is_main_process():
+        stage_dir.mkdir(parents=True, exist_ok=True)
         mf.write_json_atomic(stage_dir / "inputs.json", {"inputs_fingerprint": fp})
+    _state().wait_for_everyone()
     log(f"{stage['name']}: {stage['kind']} stage -> {stage_dir}")
     started = time.time()
     out = runner(recipe, stage, init, stage_dir, log=lambda m: log(f"{stage['name']}: {m}"))
@@ -159,7 +168,7 @@ def _run_stage(recipe: dict, stage: dict, init: dict, stage_dir: Path, fp: str) 
         "stage": stage["name"], "kind": stage["kind"], "recipe": recipe["name"], "seed": recipe["seed"],
         "inputs_fingerprint": fp, "init": init, "resolved_recipe": {k: v for k, v in recipe.items()},
         "artifact": out.pop("artifact"), "data_fingerprint": out["data"]["fingerprint"],
-        **out, "packages": mf.package_versions(), "git_commit": mf.git_commit(), "host": mf.host_summary(),
+        **out, "world_size": _state().num_processes, "packages": mf.package_versions(), "git_commit": mf.git_commit(), "host": mf.host_summary(),
         "timings": {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
                     "seconds": round(time.time() - started, 2)},
     }
@@ -169,5 +178,6 @@ def _run_stage(recipe: dict, stage: dict, init: dict, stage_dir: Path, fp: str) 
             for row in history:
                 f.write(json.dumps(row) + "\n")
         mf.write_json_atomic(stage_dir / "manifest.json", manifest)  # last: the stage is now done
+    _state().wait_for_everyone()
     log(f"{stage['name']}: done in {manifest['timings']['seconds']} s")
     return manifest

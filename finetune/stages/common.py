@@ -22,6 +22,9 @@ def toolkit_defaults(train: dict, has_eval: bool) -> dict:
         if "bf16" not in train and "fp16" not in train:
             defaults["bf16"] = False  # TRL defaults to bf16=True, which emulates slowly on CPU
         defaults["dataloader_pin_memory"] = False
+        # transformers rebuilds the process state from this flag: without it, ranks launched by
+        # `accelerate launch --multi_gpu` on a CPU machine would each train alone instead of as one gloo job.
+        defaults["use_cpu"] = True
     if train.get("gradient_checkpointing", True):
         defaults["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     if has_eval and "eval_strategy" not in train:

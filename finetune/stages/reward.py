@@ -96,11 +96,14 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
         trainer.save_model(str(out))
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(str(out))
-    held_out = data["eval"] if data["eval"] is not None else data["train"]
-    reloaded, _ = load_reward_model(out, recipe["base_model"], tokenizer)
-    accuracy = {**pairwise_accuracy(reloaded, tokenizer, held_out, data["kind"]),
-                "split": "eval" if data["eval"] is not None else "train (no eval_split set)"}
-    log(f"reward model pairwise accuracy on {accuracy['split']}: {accuracy['accuracy']:.3f} "
-        f"({accuracy['pairs']} pairs, mean margin {accuracy['mean_margin']:+.3f})")
+    trainer.accelerator.wait_for_everyone()  # the merged model is written by rank 0
+    accuracy = None
+    if trainer.is_world_process_zero():
+        held_out = data["eval"] if data["eval"] is not None else data["train"]
+        reloaded, _ = load_reward_model(out, recipe["base_model"], tokenizer)
+        accuracy = {**pairwise_accuracy(reloaded, tokenizer, held_out, data["kind"]),
+                    "split": "eval" if data["eval"] is not None else "train (no eval_split set)"}
+        log(f"reward model pairwise accuracy on {accuracy['split']}: {accuracy['accuracy']:.3f} "
+            f"({accuracy['pairs']} pairs, mean margin {accuracy['mean_margin']:+.3f})")
     return common.record(trainer, result, args, stage, data, tokenizer, out, source, False,
                          reward_accuracy=accuracy, trained_with_adapter=peft is not None)

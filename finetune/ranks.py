@@ -1,0 +1,23 @@
+"""Which process is this: the accelerate state, created the way transformers' TrainingArguments creates it.
+
+On a machine without CUDA, `accelerate launch --multi_gpu --num_processes N` runs a real gloo job only if the
+shared state is created with `cpu=True`; a plain `PartialState()` created first would pin every rank to a
+single-process state (each rank training alone). So every toolkit call goes through `state()`.
+"""
+
+from __future__ import annotations
+
+
+def state():
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def is_main() -> bool:
+    return state().is_main_process
+
+
+def barrier() -> None:
+    state().wait_for_everyone()
