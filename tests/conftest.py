@@ -60,3 +60,10 @@ def sft_recipe(model: Path, data: dict | None = None, **stage) -> dict:
         "stages": [{"name": "sft", "kind": "sft", "data": ["chat"] if not data else list(data), **stage,
                     "train": train}],
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_mistral(tmp_path_factory) -> Path:
+    from finetune.tiny import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("models") / "tiny-mistral", "mistral", corpus=[DATA], vocab_size=2048)
