@@ -91,3 +91,43 @@ def format_report(report: dict) -> str:
             f"{report['tokens']['max']}), {report['supervised_share']:.0%} supervised, EOS supervised in "
             f"{report['rows_with_supervised_eos']}/{report['rows']} rows, answers truncated in "
             f"{report['rows_answer_truncated']} rows")
+
+
+def _pair_lengths(pairs, tokenizer, kind: str) -> tuple[list[int], list[int], list[int]]:
+    """Token lengths of prompt, prompt+chosen and prompt+rejected, rendered as the trainers render them."""
+    prompts, chosen, rejected = [], [], []
+    for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"], strict=True):
+        if kind == "text":
+            count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+            prompts.append(count(p))
+            chosen.append(count(p + c))
+            rejected.append(count(p + r))
+        else:
+            count = lambda msgs, gen=False: len(tokenizer.apply_chat_template(  # noqa: E731
+                msgs, tokenize=True, add_generation_prompt=gen, return_dict=True)["input_ids"])
+            prompts.append(count(p, True))
+            chosen.append(count(p + c))
+            rejected.append(count(p + r))
+    return prompts, chosen, rejected
+
+
+def preference_audit(pairs, tokenizer, kind: str, max_length: int | None, settings: dict) -> dict:
+    """Truncation audit for reward/DPO pairs: how many answers `max_length` cuts into, or cuts away."""
+    prompts, chosen, rejected = _pair_lengths(pairs, tokenizer, kind)
+    n = len(prompts)
+    cut = [i for i in range(n) if max_length and max(chosen[i], rejected[i]) > max_length]
+    lost = [i for i in range(n) if max_length and prompts[i] >= max_length]
+    report = {"pairs": n, "max_length": max_length,
+              "tokens": {"mean": round(statistics.fmean(chosen + rejected), 1), "max": max(chosen + rejected)},
+              "pairs_answer_truncated": len(cut), "pairs_answer_fully_truncated": len(lost)}
+    if not settings["enabled"]:
+        return report
+    if lost and len(lost) == n:
+        raise UserError(f"label audit: at max_length={max_length} every prompt fills the whole window, so no "
+                        f"answer is left to compare; raise train.max_length")
+    share = len(cut) / n
+    if share > settings["max_truncated_share"]:
+        raise UserError(f"label audit: truncation at max_length={max_length} cuts into the answers of {len(cut)} "
+                        f"of {n} pairs ({share:.1%} > audit.max_truncated_share "
+                        f"{settings['max_truncated_share']:.1%}); raise train.max_length or shorten the data")
+    return report

@@ -46,10 +46,12 @@ def cmd_tiny(args) -> int:
 
 def _lazy_eval_parser(sub) -> None:
     from finetune.chat import add_parsers
+    from finetune.data_audit import add_audit_parser
     from finetune.eval_models import add_eval_parser
 
     add_eval_parser(sub)
     add_parsers(sub)
+    add_audit_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -86,6 +86,7 @@ def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = N
     if _is_main_process():
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump({k: v for k, v in recipe.items() if k != "source"},
                                                              sort_keys=False))
+    audit_summary = run_data_audit(recipe, run_dir) if recipe["data_audit"]["enabled"] else None
     results = {}
     for stage in recipe["stages"]:
         stage_dir = run_dir / stage["name"]
@@ -102,6 +103,9 @@ def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = N
             log(f"{stage['name']}: done with unchanged inputs, skipped ({stage_dir})")
         else:
             started = mf.read_json(stage_dir / "inputs.json")
+            trained = done or mf.last_checkpoint(stage_dir / "checkpoints")
+            if started and not trained:
+                started = None  # it stopped before any checkpoint: nothing to keep, start afresh
             if (done or started) and (started or {}).get("inputs_fingerprint") != fp:
                 if not force:
                     raise UserError(f"{stage_dir}: this stage was run with other inputs (recipe, data or base "
@@ -109,7 +113,7 @@ def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = N
                 if _is_main_process():
                     shutil.rmtree(stage_dir)
                 _state().wait_for_everyone()
-            done = _run_stage(recipe, stage, init, stage_dir, fp)
+            done = _run_stage(recipe, stage, init, stage_dir, fp, audit_summary)
         results[stage["name"]] = done
     if recipe["eval"] and recipe["eval"]["tasks"] and _is_main_process():
         run_evals(recipe, run_dir, results)
@@ -155,7 +159,42 @@ def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
     log(f"eval results ({out_root / 'results.md'}):\n{summary}")
 
 
-def _run_stage(recipe: dict, stage: dict, init: dict, stage_dir: Path, fp: str) -> dict:
+def run_data_audit(recipe: dict, run_dir: Path) -> dict | None:
+    """The data audit before any training, on rank 0; its verdict reaches every rank so all stop together.
+
+    Skipped while its inputs (data files, eval tasks, thresholds, tokenizer) are unchanged since the last one.
+    """
+    from accelerate.utils import broadcast_object_list
+
+    from finetune import data_audit
+
+    out_dir = run_dir / "audit"
+    identity = mf.inputs_fingerprint(
+        data={name: _source_identity(src) for name, src in recipe["data"].items()},
+        stages=[(s["name"], s["kind"], s["data"], s["train"].get("max_length")) for s in recipe["stages"]],
+        eval=recipe["eval"], settings=recipe["data_audit"], base=recipe["base_model"])
+    verdict: list = [None, None]
+    if _is_main_process():
+        previous = mf.read_json(out_dir / "fingerprint.json")
+        try:
+            if previous and previous.get("fingerprint") == identity and (out_dir / "audit.json").exists():
+                log("data audit: inputs unchanged, skipped")
+                report = mf.read_json(out_dir / "audit.json")
+            else:
+                report = data_audit.audit_recipe(recipe, out_dir, log=log)
+                mf.write_json_atomic(out_dir / "fingerprint.json", {"fingerprint": identity})
+            verdict = [data_audit.summary(report), None]
+        except UserError as e:
+            verdict = [None, str(e)]
+    if _state().num_processes > 1:
+        broadcast_object_list(verdict)
+    if verdict[1]:
+        raise UserError(verdict[1])
+    return verdict[0]
+
+
+def _run_stage(recipe: dict, stage: dict, init: dict, stage_dir: Path, fp: str,
+               audit_summary: dict | None = None) -> dict:
     runner = _stage_runner(stage["kind"])
     if _is_main_process():
         stage_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +207,7 @@ def _run_stage(recipe: dict, stage: dict, init: dict, stage_dir: Path, fp: str) 
         "stage": stage["name"], "kind": stage["kind"], "recipe": recipe["name"], "seed": recipe["seed"],
         "inputs_fingerprint": fp, "init": init, "resolved_recipe": {k: v for k, v in recipe.items()},
         "artifact": out.pop("artifact"), "data_fingerprint": out["data"]["fingerprint"],
-        **out, "world_size": _state().num_processes, "packages": mf.package_versions(), "git_commit": mf.git_commit(), "host": mf.host_summary(),
+        **out, "data_audit": audit_summary, "world_size": _state().num_processes, "packages": mf.package_versions(), "git_commit": mf.git_commit(), "host": mf.host_summary(),
         "timings": {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
                     "seconds": round(time.time() - started, 2)},
     }

@@ -42,8 +42,9 @@ def detect_layout(columns: list[str], first: dict, where: str) -> str:
                         f"(map yours with `columns:`)")
     if "prompt" in cols:
         # UltraFeedback-binarised style: a prompt string next to full conversations that already hold it.
-        if isinstance(first["prompt"], str) and _is_messages(first["chosen"]) and \
-                first["chosen"] and first["chosen"][0]["role"] in ("system", "user"):
+        chosen = first.get("chosen")
+        if isinstance(first.get("prompt"), str) and _is_messages(chosen) and chosen and \
+                chosen[0]["role"] in ("system", "user"):
             return "implicit"
         return "explicit"
     if isinstance(first["chosen"], str) and "\n\nAssistant:" in first["chosen"]:
@@ -130,18 +131,27 @@ def prompts_only(ds, where: str):
                     raise UserError(f"{where}: row {i}: empty prompt")
         pairs, dropped, kind = normalise_pairs(ds, where)
         return datasets.Dataset.from_list([{"prompt": p} for p in pairs["prompt"]]), dropped, kind
-    rows = []
+    rows, kinds = [], set()
     for i, row in enumerate(ds):
         if "prompt" in cols:
             prompt = row["prompt"]
         elif "messages" in cols:
             messages = row["messages"]
+            if not _is_messages(messages):
+                raise UserError(f"{where}: row {i}: messages must be a list of {{role, content}} turns with role "
+                                f"one of {', '.join(CHAT_ROLES)}")
             prompt = messages[:-1] if messages and messages[-1]["role"] == "assistant" else messages
         else:
             raise UserError(f"{where}: RL prompts need a `prompt` or `messages` column (or preference pairs); "
                             f"found {sorted(cols)}")
+        if not isinstance(prompt, str) and not _is_messages(prompt):
+            raise UserError(f"{where}: row {i}: a prompt must be text or a list of {{role, content}} turns with "
+                            f"role one of {', '.join(CHAT_ROLES)}")
         if not prompt or (isinstance(prompt, str) and not prompt.strip()):
             raise UserError(f"{where}: row {i}: empty prompt")
+        kinds.add("text" if isinstance(prompt, str) else "chat")
+        if len(kinds) > 1:
+            raise UserError(f"{where}: row {i}: mixes text and conversational prompts; use one layout per source")
         rows.append({"prompt": prompt})
     kind = "text" if isinstance(rows[0]["prompt"], str) else "chat"
     return datasets.Dataset.from_list(rows), {}, kind

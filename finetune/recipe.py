@@ -22,9 +22,18 @@ from finetune.trl_fields import check_value_type, config_class_name, config_fiel
 
 
 class RecipeLoader(yaml.SafeLoader):
-    """SafeLoader that reads `2e-5` as a float (YAML 1.1 needs `2.0e-5`; every ML recipe writes the former)."""
+    """SafeLoader with YAML 1.2 scalars: `2e-5` is a float, and only true/false are booleans.
+
+    YAML 1.1 reads `2e-5` as a string and `off`/`no`/`yes`/`on` as booleans, so `pii: off` would be False.
+    """
 
 
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?

@@ -103,8 +103,11 @@ def write_report(run_dir: Path, recipe: dict, manifests: dict[str, dict]) -> Pat
         if (m.get("ppo") or {}).get("last"):
             notes.append(f"reward {m['ppo']['first']['objective/scores']:+.3f} → "
                          f"{m['ppo']['last']['objective/scores']:+.3f}")
-        if m.get("label_audit"):
-            notes.append(f"{m['label_audit']['supervised_share']:.0%} of tokens supervised")
+        audit = m.get("label_audit") or {}
+        if "supervised_share" in audit:
+            notes.append(f"{audit['supervised_share']:.0%} of tokens supervised")
+        if audit.get("pairs_answer_truncated"):
+            notes.append(f"answers truncated in {audit['pairs_answer_truncated']} of {audit['pairs']} pairs")
         lines.append(f"| {name} | {m['kind']} | {m['init']['stage'] or 'base'} | {m['data']['train_rows']} | "
                      f"{m['parameters']['trainable']:,} | {m['timings']['seconds']} | {'; '.join(notes)} | "
                      f"[manifest]({name}/manifest.json) |")

@@ -119,6 +119,16 @@ STAGE = Section({
     "train": Key((dict,), {}, "passed to the TRL config of this kind (SFTConfig, DPOConfig, ...)"),
 })
 
+DATA_AUDIT = Section({
+    "enabled": Key((bool,), True, "audit every data source before training (finetune audit runs it alone)"),
+    "ngram": Key((int,), 8, "n-gram length (in words) for the contamination check against eval tasks"),
+    "max_contaminated_rows": Key((int,), None, "error when more training rows overlap an eval task (null: report)"),
+    "max_duplicate_share": Key((int, float), None, "error above this share of duplicate rows (null: report)"),
+    "pii": Key((str,), "warn", "PII findings (e-mails, phones, card numbers, API keys)", ("off", "warn", "error")),
+    "max_length_bias": Key((int, float), None,
+                           "error when the share of pairs whose chosen answer is longer exceeds this (null: report)"),
+}, "data audit before training: sizes, lengths, duplicates, contamination, PII, preference checks")
+
 EVAL = Section({
     "tasks": ListOf(Key((str,)), "eval task specs: a name under eval/tasks/ or a .yaml path"),
     "base": Key((bool,), True, "also evaluate the untrained base model"),
@@ -136,4 +146,5 @@ RECIPE = Section({
     "data": MapOf(DATA_SOURCE, "named data sources that stages refer to"),
     "stages": ListOf(STAGE, "stages, run in order"),
     "eval": Section(EVAL.keys, "evaluation after every stage", default=None),
+    "data_audit": DATA_AUDIT,
 })

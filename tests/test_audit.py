@@ -194,3 +194,31 @@ def test_cut_positions(length, max_length, mode, expected):
         if length > max_length:
             assert kept == (list(range(max_length)) if mode == "keep_start"
                             else list(range(length - max_length, length)))
+
+
+# ------------------------------------------------------------------ preference pairs (reward / DPO stages)
+def pair_recipe(model, kind: str, **stage):
+    from conftest import DATA
+
+    train = {"max_steps": 1, "per_device_train_batch_size": 8, "gradient_checkpointing": False,
+             "save_strategy": "no", **stage.pop("train", {})}
+    return {"name": "p", "seed": 1, "base_model": {"path": str(model)},
+            "data": {"prefs": {"path": str(DATA / "tiny_prefs.jsonl"), "max_rows": 32}},
+            "stages": [{"name": kind, "kind": kind, "data": ["prefs"], **stage, "train": train}]}
+
+
+@pytest.mark.parametrize("kind", ["dpo", "reward"])
+def test_preference_truncation_into_answers_is_refused(tiny_llama, write_recipe, tmp_path, kind):
+    with pytest.raises(UserError, match=r"cuts into the answers of \d+ of 32 pairs") as err:
+        run(pair_recipe(tiny_llama, kind, train={"max_length": 30}), write_recipe, tmp_path)
+    assert "audit.max_truncated_share" in str(err.value)
+    assert_not_trained(tmp_path)
+    with pytest.raises(UserError, match="every prompt fills the whole window"):
+        run(pair_recipe(tiny_llama, kind, train={"max_length": 8}), write_recipe, tmp_path)
+
+
+def test_preference_audit_report_in_manifest(tiny_llama, write_recipe, tmp_path):
+    out = run(pair_recipe(tiny_llama, "dpo", audit={"max_truncated_share": 1.0}, train={"max_length": 30}),
+              write_recipe, tmp_path)["dpo"]
+    audit = out["label_audit"]
+    assert audit["pairs"] == 32 and audit["max_length"] == 30 and audit["pairs_answer_truncated"] > 0

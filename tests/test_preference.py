@@ -184,6 +184,16 @@ def test_detect_layout():
         detect_layout(["chosen", "rejected"], {"chosen": "plain text"}, "w")
 
 
+def test_ultrafeedback_layout_prompt_string_beside_full_conversations(jsonl):
+    """HuggingFaceH4/ultrafeedback_binarized: `prompt` text, chosen/rejected conversations that include it."""
+    row = {"prompt": "Name a colour.", "chosen": [M("user", "Name a colour."), M("assistant", "Blue.")],
+           "rejected": [M("user", "Name a colour."), M("assistant", "Seven.")], "score_chosen": 8.0}
+    pairs, dropped, kind = normalise_pairs(jsonl([row]), "w")
+    assert kind == "chat" and not dropped
+    assert pairs[0] == {"prompt": [M("user", "Name a colour.")], "chosen": [M("assistant", "Blue.")],
+                        "rejected": [M("assistant", "Seven.")]}
+
+
 # ------------------------------------------------------------------------------------------- drops and errors
 def test_drops_are_counted_by_reason(jsonl):
     good = {"prompt": "q", "chosen": "a", "rejected": "b"}

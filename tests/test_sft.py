@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import DATA as REPO_DATA
 from conftest import sft_recipe
 
 from finetune.errors import UserError
@@ -158,3 +159,19 @@ def test_output_dir_with_foreign_files_is_refused(tiny_llama, write_recipe, tmp_
     with pytest.raises(UserError, match="not a finetune run"):
         run_recipe(load_recipe(write_recipe(sft_recipe(tiny_llama))), output_dir=str(tmp_path / "mine"))
     assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+
+
+def test_interrupted_stage_refuses_to_resume_when_its_inputs_changed(tiny_llama, write_recipe, tmp_path):
+    train = {"max_steps": 4, "save_strategy": "steps", "save_steps": 2, "save_total_limit": None}
+    path = write_recipe(sft_recipe(tiny_llama, train=train))
+    run_recipe(load_recipe(path), output_dir=str(tmp_path / "run"))
+    stage = tmp_path / "run" / "sft"
+    for leftover in ("manifest.json", "model", "checkpoints/checkpoint-4"):  # as if killed after step 2
+        p = stage / leftover
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    data = tmp_path / "chat.jsonl"
+    data.write_text((REPO_DATA / "tiny_chat.jsonl").read_text().replace("Paris", "Lyon"))
+    changed = load_recipe(path, [f"data.chat.path={data}"])
+    with pytest.raises(UserError, match="run with other inputs"):
+        run_recipe(changed, output_dir=str(tmp_path / "run"))
+    assert (stage / "checkpoints" / "checkpoint-2").exists(), "the checkpoint must survive the refusal"

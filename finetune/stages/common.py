@@ -100,6 +100,13 @@ def record(trainer, result, args, stage: dict, data: dict, tokenizer, model_dir:
     }
 
 
+def require_chat_template(tokenizer, data: dict, recipe: dict, stage: dict) -> None:
+    """Chat data needs a chat template: say so in one line instead of failing deep inside transformers."""
+    if data["kind"] == "chat" and not tokenizer.chat_template:
+        raise UserError(f"stage {stage['name']}: chat data needs a chat template, and the tokenizer of "
+                        f"'{recipe['base_model']['path']}' has none; set base_model.chat_template to a .jinja file")
+
+
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise UserError(message)

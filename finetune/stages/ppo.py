@@ -38,6 +38,7 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     tokenizer = common.stage_tokenizer(recipe, init)
     tokenizer.padding_side = "left"  # queries are generated from, so they are padded on the left
     data = stage_data(recipe, stage, "prompts")
+    common.require_chat_template(tokenizer, data, recipe, stage)
     train = tokenize_prompts(data["train"], tokenizer, data["kind"])
     # PPOTrainer always builds an eval loader; without an eval split, a few training prompts serve.
     evald = tokenize_prompts(data["eval"], tokenizer, data["kind"]) if data["eval"] is not None else train.select(

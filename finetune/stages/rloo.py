@@ -23,6 +23,7 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
                                else (trl.GRPOConfig, trl.GRPOTrainer))
     tokenizer = common.stage_tokenizer(recipe, init)
     data = stage_data(recipe, stage, "prompts")
+    common.require_chat_template(tokenizer, data, recipe, stage)
     args = common.build_config(config_cls, stage, recipe["seed"], stage_dir, data["eval"] is not None,
                                defaults=ONLINE_DEFAULTS)
     policy, source = common.load_policy(recipe, stage, init, args.gradient_checkpointing)

@@ -40,9 +40,7 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     for name, src in data["report"]["sources"].items():
         dropped = ", ".join(f"{n} {r}" for r, n in src["dropped"].items())
         log(f"data {name}: {src['rows']} rows, format {src['format']}" + (f", dropped {dropped}" if dropped else ""))
-    if data["kind"] == "chat" and not tokenizer.chat_template:
-        raise UserError(f"stage {stage['name']}: chat data needs a chat template, and the tokenizer of "
-                        f"'{recipe['base_model']['path']}' has none; set base_model.chat_template to a .jinja file")
+    common.require_chat_template(tokenizer, data, recipe, stage)
     args = common.build_config(SFTConfig, stage, recipe["seed"], stage_dir, data["eval"] is not None,
                                **loss_flags(data["kind"], stage["loss"], stage["name"]))
     source = common.start_dir(recipe, init)
