@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,18 @@ def _check_json_file(path: Path) -> None:
                             f"{line_error.colno})") from None
         if not isinstance(row, dict):
             raise UserError(f"{path}:{n}: each line must be a JSON object, got {type(row).__name__}")
+
+
+def iter_strings(value) -> Iterator[str]:
+    """Every string inside nested dicts and lists (the natural-language text of a JSON record)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from iter_strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from iter_strings(v)
 
 
 def _text_features(csv_path: Path):

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from finetune.data import iter_strings
 from finetune.errors import UserError
 
 PLACEHOLDER = {"email": "[EMAIL]", "phone": "[PHONE]", "card": "[CARD]", "key": "[KEY]"}
@@ -173,7 +174,7 @@ def write_redacted(rows: list[dict], target: Path) -> int:
     """Write a redacted JSON Lines copy of a source's rows; never overwrite. Returns the replacement count."""
     total, lines = 0, []
     for row in rows:
-        total += sum(len(find_pii(s)) for s in _strings(row))
+        total += sum(len(find_pii(s)) for s in iter_strings(row))
         lines.append(json.dumps(redact_value(row), ensure_ascii=False, default=str))
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -185,12 +186,3 @@ def write_redacted(rows: list[dict], target: Path) -> int:
     return total
 
 
-def _strings(value) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)

@@ -108,12 +108,14 @@ def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = N
                 started = None  # it stopped before any checkpoint: nothing to keep, start afresh
             if (done or started) and (started or {}).get("inputs_fingerprint") != fp:
                 if not force:
-                    raise UserError(f"{stage_dir}: this stage was run with other inputs (recipe, data or base "
-                                    f"model changed); pass --force to retrain it, or use another --output-dir")
+                    changed = _changed(json.loads(json.dumps((started or {}).get("inputs") or {}, default=str)),
+                                       json.loads(json.dumps(inputs, default=str)))
+                    raise UserError(f"{stage_dir}: this stage was run with other inputs (changed: {changed}); "
+                                    f"pass --force to retrain it, or use another --output-dir")
                 if _is_main_process():
                     shutil.rmtree(stage_dir)
                 _state().wait_for_everyone()
-            done = _run_stage(recipe, stage, init, stage_dir, fp, audit_summary)
+            done = _run_stage(recipe, stage, init, stage_dir, fp, audit_summary, inputs)
         results[stage["name"]] = done
     if recipe["eval"] and recipe["eval"]["tasks"] and _is_main_process():
         run_evals(recipe, run_dir, results)
@@ -193,12 +195,27 @@ def run_data_audit(recipe: dict, run_dir: Path) -> dict | None:
     return verdict[0]
 
 
+def _changed(before: dict, after: dict, prefix: str = "") -> str:
+    """The dotted keys whose values differ, for a refusal message ("stage.train.learning_rate, data.chat")."""
+    if not before:
+        return "unknown (an older run)"
+    keys = []
+    for key in sorted(set(before) | set(after)):
+        a, b = before.get(key), after.get(key)
+        if a != b:
+            if isinstance(a, dict) and isinstance(b, dict) and prefix.count(".") < 2:
+                keys.append(_changed(a, b, f"{prefix}{key}."))
+            else:
+                keys.append(f"{prefix}{key}")
+    return ", ".join(k for k in keys if k) or "nothing visible"
+
+
 def _run_stage(recipe: dict, stage: dict, init: dict, stage_dir: Path, fp: str,
-               audit_summary: dict | None = None) -> dict:
+               audit_summary: dict | None = None, inputs: dict | None = None) -> dict:
     runner = _stage_runner(stage["kind"])
     if _is_main_process():
         stage_dir.mkdir(parents=True, exist_ok=True)
-        mf.write_json_atomic(stage_dir / "inputs.json", {"inputs_fingerprint": fp})
+        mf.write_json_atomic(stage_dir / "inputs.json", {"inputs_fingerprint": fp, "inputs": inputs})
     _state().wait_for_everyone()
     log(f"{stage['name']}: {stage['kind']} stage -> {stage_dir}")
     started = time.time()

@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from finetune.data import iter_strings
 from finetune.errors import UserError
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
@@ -34,15 +35,6 @@ def corpus_files(paths: Iterable[str]) -> list[Path]:
     return found
 
 
-def _strings(value) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _strings(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _strings(v)
 
 
 def corpus_lines(files: list[Path]) -> Iterator[str]:
@@ -51,14 +43,14 @@ def corpus_lines(files: list[Path]) -> Iterator[str]:
         text = f.read_text(encoding="utf-8", errors="replace")
         if f.suffix == ".json":
             try:
-                yield from _strings(json.loads(text))
+                yield from iter_strings(json.loads(text))
                 continue
             except json.JSONDecodeError:
                 pass
         for line in text.splitlines():
             if f.suffix == ".jsonl" and line.strip():
                 try:
-                    yield from _strings(json.loads(line))
+                    yield from iter_strings(json.loads(line))
                     continue
                 except json.JSONDecodeError:
                     pass

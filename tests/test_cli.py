@@ -155,13 +155,15 @@ def test_run_end_to_end_in_a_subprocess(small_recipe, tmp_path):
     assert (run_dir / "sft" / "manifest.json").stat().st_mtime_ns == stamp
 
     changed = finetune("run", small_recipe, "stages.sft.train.max_steps=2", "--output-dir", run_dir)
-    assert changed.returncode == 2
-    assert "--force" in one_error_line(changed.stderr)
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr
+    last = changed.stderr.strip().splitlines()[-1]  # progress lines (e.g. the data audit) may come first
+    assert changed.stderr.count("error:") == 1 and last.startswith("error:")
+    assert "changed: stage.train.max_steps" in last and "--force" in last
 
 
 def test_run_overrides_after_options(small_recipe, tmp_path):
     args = parse_args(["run", str(small_recipe), "--output-dir", str(tmp_path / "run"),
-                                      "stages.sft.train.max_steps=3"])
+                       "stages.sft.train.max_steps=3"])
     assert args.overrides == ["stages.sft.train.max_steps=3"]
 
 

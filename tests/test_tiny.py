@@ -66,8 +66,13 @@ def test_tokenizer_learned_the_corpus_and_round_trips(tiny):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny[1])
-    for word in ("capital", " capital", " frog", " legs", "Question", " answer"):
+    for word in ("capital", "frog", "legs", "Question", "answer"):
         assert len(tok(word, add_special_tokens=False)["input_ids"]) <= 2, word
+    # A word has the same tokens wherever it stands: after a space, after a newline, at the start.
+    for word in ("capital", "Lindon", "Marshgate"):
+        alone = tok(word, add_special_tokens=False)["input_ids"]
+        assert tok(f"x {word}", add_special_tokens=False)["input_ids"][-len(alone):] == alone
+        assert tok(f"x\n{word}", add_special_tokens=False)["input_ids"][-len(alone):] == alone
     assert tok.bos_token is None and tok("hi")["input_ids"] == tok("hi", add_special_tokens=False)["input_ids"]
     for text in ("Context: Soren has 4 brothers and 2 sisters.\nQuestion: How many sisters does Soren have?",
                  "  spaces,\ttabs and ünïcödé → 東京 🙂  ", "<|im_start|>user\nhi<|im_end|>\n"):

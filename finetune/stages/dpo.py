@@ -8,23 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetune import audit, modeling
-from finetune.data import stage_data
+from finetune import modeling
 from finetune.stages import common
 
 
 def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
     from trl import DPOConfig, DPOTrainer
 
-    tokenizer = common.stage_tokenizer(recipe, init)
-    data = stage_data(recipe, stage, "pairs")
-    common.require_chat_template(tokenizer, data, recipe, stage)
-    for name, src in data["report"]["sources"].items():
-        log(f"data {name}: {src['kept']} of {src['rows']} pairs kept" + (
-            f" (dropped {src['dropped']})" if src["dropped"] else ""))
-    args = common.build_config(DPOConfig, stage, recipe["seed"], stage_dir, data["eval"] is not None)
-    pair_audit = audit.preference_audit(data["train"], tokenizer, data["kind"], args.max_length, stage["audit"])
-    log(f"label audit: {pair_audit['pairs']} pairs, answers truncated in {pair_audit['pairs_answer_truncated']}")
+    tokenizer, data, args, pair_audit = common.prepare_pairs(recipe, stage, init, stage_dir, DPOConfig, log)
     model, source = common.load_policy(recipe, stage, init, args.gradient_checkpointing)
     peft = modeling.peft_config(stage["peft"]) if stage["peft"] else None
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data["train"],

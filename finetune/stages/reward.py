@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetune import audit, modeling
-from finetune.data import stage_data
+from finetune import modeling
 from finetune.stages import common
 
 
@@ -70,15 +69,7 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
 
     from finetune.artifacts import merge_adapter
 
-    tokenizer = common.stage_tokenizer(recipe, init)
-    data = stage_data(recipe, stage, "pairs")
-    common.require_chat_template(tokenizer, data, recipe, stage)
-    for name, src in data["report"]["sources"].items():
-        log(f"data {name}: {src['kept']} of {src['rows']} pairs kept" + (
-            f" (dropped {src['dropped']})" if src["dropped"] else ""))
-    args = common.build_config(RewardConfig, stage, recipe["seed"], stage_dir, data["eval"] is not None)
-    pair_audit = audit.preference_audit(data["train"], tokenizer, data["kind"], args.max_length, stage["audit"])
-    log(f"label audit: {pair_audit['pairs']} pairs, answers truncated in {pair_audit['pairs_answer_truncated']}")
+    tokenizer, data, args, pair_audit = common.prepare_pairs(recipe, stage, init, stage_dir, RewardConfig, log)
     model, source = common.load_policy(recipe, stage, init, args.gradient_checkpointing,
                                        auto_class="AutoModelForSequenceClassification", num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
