@@ -10,9 +10,6 @@ from finetune import modeling
 from finetune.errors import UserError
 from finetune.manifest import read_json
 
-BASE_DEFAULTS = {"revision": None, "dtype": "auto", "attn_implementation": None, "trust_remote_code": False,
-                 "tokenizer": None, "chat_template": None}
-
 
 def adapter_base(adapter_dir: Path) -> str:
     cfg = adapter_dir / "adapter_config.json"
@@ -44,7 +41,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: dict
     adapter_dir, out = Path(adapter_dir), Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out}: output folder is not empty; choose another (nothing was written)")
-    bm = {**BASE_DEFAULTS, **(base_model or {}), "path": adapter_base(adapter_dir)}
+    bm = {**modeling.BASE_MODEL_DEFAULTS, **(base_model or {}), "path": adapter_base(adapter_dir)}
     auto_class, load_kwargs = _head_for(adapter_dir)
     model = modeling.load_base_model(bm, None, auto_class=auto_class, **load_kwargs)
     merged = modeling.load_adapter(model, adapter_dir).merge_and_unload()

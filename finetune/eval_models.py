@@ -12,9 +12,6 @@ from finetune.evaluation import evaluate_task, load_task, results_table
 from finetune.manifest import read_json, write_json_atomic
 from finetune.pipeline import log
 
-BASE_MODEL_DEFAULTS = {"revision": None, "dtype": "auto", "attn_implementation": None, "trust_remote_code": False,
-                       "tokenizer": None, "chat_template": None}
-
 
 def targets(path: str) -> list[tuple[str, Path, dict | None]]:
     """(label, model folder, manifest or None) for every model under `path`, in pipeline order."""
@@ -42,7 +39,7 @@ def targets(path: str) -> list[tuple[str, Path, dict | None]]:
 
 def load_for_eval(model_dir: Path, manifest: dict | None, base_model: dict | None = None):
     """Load a full model, or a base + adapter (quantised as it was trained), and its tokenizer."""
-    base_model = {**BASE_MODEL_DEFAULTS, **(base_model or {})}
+    base_model = {**modeling.BASE_MODEL_DEFAULTS, **(base_model or {})}
     adapter_cfg = model_dir / "adapter_config.json"
     if adapter_cfg.exists():
         base_path = json.loads(adapter_cfg.read_text())["base_model_name_or_path"]

@@ -175,3 +175,10 @@ def test_interrupted_stage_refuses_to_resume_when_its_inputs_changed(tiny_llama,
     with pytest.raises(UserError, match="run with other inputs"):
         run_recipe(changed, output_dir=str(tmp_path / "run"))
     assert (stage / "checkpoints" / "checkpoint-2").exists(), "the checkpoint must survive the refusal"
+
+
+def test_settings_trl_rejects_in_its_trainer_are_one_line(tiny_llama, write_recipe, tmp_path):
+    """SFTTrainer refuses padding_free without packing in its constructor; this was a traceback once."""
+    recipe = sft_recipe(tiny_llama, train={"padding_free": True})
+    with pytest.raises(UserError, match=r"^stage sft: SFTTrainer rejected the settings: When `padding_free=True`"):
+        run_recipe(load_recipe(write_recipe(recipe)), output_dir=str(tmp_path / "run"))

@@ -49,6 +49,23 @@ def build_config(config_cls, stage: dict, seed: int, stage_dir: Path, has_eval: 
         raise UserError(f"stage {stage['name']}: train: {config_cls.__name__} rejected the settings: {msg}") from None
 
 
+def build_trainer(trainer_cls, stage: dict, explain=None, **kwargs):
+    """Construct a TRL trainer; settings it rejects while setting up become one line naming the stage.
+
+    TRL checks some combinations only in the trainer's constructor (padding-free without packing, PPO batch
+    sizes that do not divide, ...). `explain(error)` may return a more specific message.
+    """
+    try:
+        return trainer_cls(**kwargs)
+    except (ValueError, TypeError, AssertionError, RuntimeError) as e:
+        specific = explain(e) if explain else None
+        if specific is None and isinstance(e, RuntimeError):
+            raise  # a runtime failure is ours or the stack's to fix, not a settings problem
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise UserError(specific or f"stage {stage['name']}: {trainer_cls.__name__} rejected the settings: {msg}") \
+            from None
+
+
 def start_dir(recipe: dict, init: dict) -> str:
     """The folder this stage starts from: the base model, or the full (merged if needed) model of `from`."""
     from finetune.artifacts import full_model_dir

@@ -18,8 +18,9 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     tokenizer, data, args, pair_audit = common.prepare_pairs(recipe, stage, init, stage_dir, DPOConfig, log)
     model, source = common.load_policy(recipe, stage, init, args.gradient_checkpointing)
     peft = modeling.peft_config(stage["peft"]) if stage["peft"] else None
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data["train"],
-                         eval_dataset=data["eval"], processing_class=tokenizer, peft_config=peft)
+    trainer = common.build_trainer(DPOTrainer, stage, model=model, ref_model=None, args=args,
+                                   train_dataset=data["train"], eval_dataset=data["eval"],
+                                   processing_class=tokenizer, peft_config=peft)
     log(f"reference: {'the policy with its adapter disabled' if peft else 'a frozen copy of the starting policy'}")
     result = common.train(trainer, stage_dir, log)
     trainer.save_model(str(stage_dir / "model"))

@@ -51,9 +51,9 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     value_model, _ = load_reward_model(reward_dir, recipe["base_model"], tokenizer)
     peft = modeling.peft_config(stage["peft"]) if stage["peft"] else None
     log(f"policy from {source}; reward and value models from {reward_dir}")
-    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=None,
-                         reward_model=reward_model, train_dataset=train, value_model=value_model,
-                         eval_dataset=evald, peft_config=peft)
+    trainer = common.build_trainer(PPOTrainer, stage, args=args, processing_class=tokenizer, model=policy,
+                                   ref_model=None, reward_model=reward_model, train_dataset=train,
+                                   value_model=value_model, eval_dataset=evald, peft_config=peft)
     common.train(trainer, stage_dir, log, resumable=False)
     trainer.save_model(str(stage_dir / "model"))
     if trainer.is_world_process_zero():

@@ -75,8 +75,8 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     model.config.pad_token_id = tokenizer.pad_token_id
     # SEQ_CLS adapters train (and save) the new score head in full alongside the LoRA weights.
     peft = modeling.peft_config(stage["peft"], task_type="SEQ_CLS") if stage["peft"] else None
-    trainer = RewardTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["eval"],
-                            processing_class=tokenizer, peft_config=peft)
+    trainer = common.build_trainer(RewardTrainer, stage, model=model, args=args, train_dataset=data["train"],
+                                   eval_dataset=data["eval"], processing_class=tokenizer, peft_config=peft)
     if stage["quantization"]:
         _match_head_dtype(trainer.model)
     result = common.train(trainer, stage_dir, log)

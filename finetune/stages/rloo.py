@@ -30,9 +30,10 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     reward_model, reward_tokenizer = load_reward_model(init["reward_model"], recipe["base_model"])
     peft = modeling.peft_config(stage["peft"]) if stage["peft"] else None
     log(f"policy from {source}; rewards from {init['reward_model']}")
-    trainer = trainer_cls(model=policy, reward_funcs=reward_model, args=args, train_dataset=data["train"],
-                          eval_dataset=data["eval"], processing_class=tokenizer,
-                          reward_processing_classes=reward_tokenizer, peft_config=peft)
+    trainer = common.build_trainer(trainer_cls, stage, model=policy, reward_funcs=reward_model, args=args,
+                                   train_dataset=data["train"], eval_dataset=data["eval"],
+                                   processing_class=tokenizer, reward_processing_classes=reward_tokenizer,
+                                   peft_config=peft)
     result = common.train(trainer, stage_dir, log)
     trainer.save_model(str(stage_dir / "model"))
     if trainer.is_world_process_zero():

@@ -28,6 +28,20 @@ def loss_flags(kind: str, loss: str, stage_name: str) -> dict:
     return out
 
 
+def _explain(error: Exception, stage: dict) -> str | None:
+    """Messages for the SFTTrainer failures that come from the chat template."""
+    text = str(error)
+    if "no assistant tokens" in text:
+        return (f"stage {stage['name']}: label audit: a row has no supervised assistant token under the chat "
+                f"template (does every conversation end with an assistant turn the template marks with "
+                f"{{% generation %}}?)")
+    if isinstance(error, ValueError) and ("chat template" in text.lower() or "generation" in text.lower()):
+        return (f"stage {stage['name']}: assistant-only loss needs {{% generation %}} markers in the chat "
+                f"template and TRL has no training template for this one; set base_model.chat_template to a "
+                f"template with them, or loss: full")
+    return None
+
+
 def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
     """Train one SFT stage; returns what the manifest records (artifact, data and audit reports, metrics)."""
     from trl import SFTConfig, SFTTrainer
@@ -48,21 +62,9 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     model = modeling.prepare_trainable(model, stage["peft"], stage["quantization"], args.gradient_checkpointing)
     params = modeling.count_parameters(model)
     log(f"model: {params['trainable']:,} of {params['total']:,} parameters trainable")
-    try:
-        trainer = SFTTrainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["eval"],
-                             processing_class=tokenizer)
-    except RuntimeError as e:
-        if "no assistant tokens" not in str(e):
-            raise
-        raise UserError(f"stage {stage['name']}: label audit: a row has no supervised assistant token under the "
-                        f"chat template (does every conversation end with an assistant turn the template marks "
-                        f"with {{% generation %}}?)") from None
-    except ValueError as e:
-        if "chat template" in str(e).lower() or "generation" in str(e).lower():
-            raise UserError(f"stage {stage['name']}: assistant-only loss needs {{% generation %}} markers in the "
-                            f"chat template and TRL has no training template for this one; set "
-                            f"base_model.chat_template to a template with them, or loss: full") from None
-        raise
+    trainer = common.build_trainer(SFTTrainer, stage, explain=lambda e: _explain(e, stage), model=model,
+                                   args=args, train_dataset=data["train"], eval_dataset=data["eval"],
+                                   processing_class=tokenizer)
     report = None
     if stage["audit"]["enabled"]:
         report = audit.label_audit(trainer, data["train"], stage["audit"], tokenizer.eos_token_id)
