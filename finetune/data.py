@@ -58,16 +58,17 @@ def _check_json_file(path: Path) -> None:
             raise UserError(f"{path}:{n}: each line must be a JSON object, got {type(row).__name__}")
 
 
-def iter_strings(value) -> Iterator[str]:
-    """Every string inside nested dicts and lists (the natural-language text of a JSON record)."""
+def iter_strings(value, skip: tuple[str, ...] = ()) -> Iterator[str]:
+    """Every string inside nested dicts and lists (the text of a JSON record), leaving out keys in `skip`."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, dict):
-        for v in value.values():
-            yield from iter_strings(v)
+        for k, v in value.items():
+            if k not in skip:
+                yield from iter_strings(v, skip)
     elif isinstance(value, list):
         for v in value:
-            yield from iter_strings(v)
+            yield from iter_strings(v, skip)
 
 
 def _text_features(csv_path: Path):
