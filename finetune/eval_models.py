@@ -14,23 +14,23 @@ from finetune.pipeline import log
 
 
 def targets(path: str) -> list[tuple[str, Path, dict | None]]:
-    """(label, model folder, manifest or None) for every model under `path`, in pipeline order."""
+    """(label, model folder, manifest or None) for every model under `path`, in pipeline order.
+
+    A model, adapter or stage folder is one target; a run folder gives every finished policy stage (a reward
+    model scores text, it does not answer questions).
+    """
+    from finetune.artifacts import resolve_target
+    from finetune.schema import POLICY_KINDS
+
     p = Path(path)
     if not p.exists():
         raise UserError(f"{path}: no such model or run folder")
-    if (p / "config.json").exists() or (p / "adapter_config.json").exists():
-        manifest = read_json(p.parent / "manifest.json")
-        return [(manifest["stage"] if manifest else p.name, p, manifest)]
-    if (p / "manifest.json").exists():
-        manifest = read_json(p / "manifest.json")
-        return [(manifest["stage"], Path(manifest["artifact"]["model"]), manifest)]
-    recipe = read_json(p / "eval" / "stages.json")
-    stage_dirs = [p / name for name in recipe] if recipe else sorted(d for d in p.iterdir() if d.is_dir())
-    found = []
-    for d in stage_dirs:
-        m = read_json(d / "manifest.json")
-        if m and m["kind"] != "reward":  # a reward model scores text; it does not answer questions
-            found.append((m["stage"], Path(m["artifact"]["model"]), m))
+    if any((p / name).exists() for name in ("config.json", "adapter_config.json", "manifest.json")):
+        model_dir, manifest = resolve_target(path)
+        return [(manifest["stage"] if manifest else p.name, model_dir, manifest)]
+    manifests = [m for d in sorted(p.iterdir()) if d.is_dir() and (m := read_json(d / "manifest.json"))]
+    found = [(m["stage"], Path(m["artifact"]["model"]), m)
+             for m in sorted(manifests, key=lambda m: m["timings"]["started"]) if m["kind"] in POLICY_KINDS]
     if not found:
         raise UserError(f"{path}: neither a model folder (config.json / adapter_config.json) nor a run with "
                         f"finished stages")
