@@ -50,6 +50,11 @@ def load_task(name_or_path: str) -> dict:
     if task["few_shot"] and not task["few_shot_data"]:
         raise UserError(f"{path}: few_shot: {task['few_shot']} needs `few_shot_data` (shots come from a separate split)")
     task["sha256"] = hashlib.sha256(json.dumps(task, sort_keys=True).encode()).hexdigest()
+    if path.parent == TASK_DIR:  # a shipped task's data paths are from the project root, wherever we run
+        for key in ("data", "few_shot_data"):
+            local = TASK_DIR.parents[1] / str(task[key] or "")
+            if task[key] and not Path(task[key]).is_absolute() and local.is_file():
+                task[key] = str(local)
     return task
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -183,7 +184,7 @@ def run_data_audit(recipe: dict, run_dir: Path) -> dict | None:
                 log("data audit: inputs unchanged, skipped")
                 report = mf.read_json(out_dir / "audit.json")
             else:
-                report = data_audit.audit_recipe(recipe, out_dir, log=log)
+                report = _audit_in_child(recipe, out_dir)
                 mf.write_json_atomic(out_dir / "fingerprint.json", {"fingerprint": identity})
             verdict = [data_audit.summary(report), None]
         except UserError as e:
@@ -193,6 +194,39 @@ def run_data_audit(recipe: dict, run_dir: Path) -> dict | None:
     if verdict[1]:
         raise UserError(verdict[1])
     return verdict[0]
+
+
+def _audit_in_child(recipe: dict, out_dir: Path) -> dict:
+    """`data_audit.audit_recipe` in a child process, its lines streamed through `log`.
+
+    Nothing the audit allocates (tokenised lengths, n-gram indexes, matplotlib: 30-200 MiB that the allocator
+    keeps) then stays resident in the process that trains next (benchmark B1).
+    """
+    import subprocess
+
+    import finetune
+    from finetune import data_audit
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = out_dir / "recipe.json"
+    mf.write_json_atomic(spec, {k: v for k, v in recipe.items() if k != "source"})
+    package_root = str(Path(finetune.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))}
+    proc = subprocess.Popen([sys.executable, "-m", "finetune.data_audit", str(spec), str(out_dir)], env=env,
+                            stdout=subprocess.PIPE, text=True, bufsize=1)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.rstrip("\n"))
+        if not line.startswith(data_audit.CHILD_ERROR):
+            log(lines[-1])
+    code = proc.wait()
+    spec.unlink(missing_ok=True)
+    errors = [ln[len(data_audit.CHILD_ERROR):] for ln in lines if ln.startswith(data_audit.CHILD_ERROR)]
+    if errors:
+        raise UserError(errors[-1])
+    if code != 0:
+        raise RuntimeError(f"the data audit process failed (exit {code}); its traceback is above")
+    return mf.read_json(out_dir / "audit.json")
 
 
 def _changed(before: dict, after: dict, prefix: str = "") -> str:

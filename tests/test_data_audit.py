@@ -218,3 +218,36 @@ def test_shipped_data_is_clean_through_cmd_audit(tiny_llama, write_recipe, tmp_p
     table = capsys.readouterr().out
     assert table.splitlines()[0].split()[:3] == ["source", "rows", "kind"]
     assert "prefs:pairs" in table and "audit report:" in table
+
+
+# --- the audit inside a run -------------------------------------------------------------------------------
+
+
+def test_run_audits_in_a_child_process_and_stops_before_training(tiny_llama, write_recipe, tmp_path):
+    """The pipeline runs the audit in its own process: its verdict still stops the run with one line, before
+    any stage starts, and a clean audit leaves nothing of itself (matplotlib included) in the training process."""
+    import subprocess
+    import sys
+
+    para = json.loads(SQUAD_V1_TINY.read_text())["data"][1]["paragraphs"][0]
+    qa = para["qas"][0]
+    planted = chat(f"Context: {para['context']}\nQuestion: {qa['question']}", qa["answers"][0]["text"])
+    data = write_jsonl(tmp_path / "planted.jsonl", [*shipped_rows(12), planted])
+    path = recipe_file(write_recipe, tiny_llama, tmp_path, {"planted": data}, max_contaminated_rows=0)
+    res = subprocess.run([sys.executable, "-m", "finetune.cli", "run", str(path)], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: data audit: data.planted") and "max_contaminated_rows 0" in last, res.stderr
+    assert json.loads((tmp_path / "run" / "audit" / "audit.json").read_text())["errors"]
+    assert not (tmp_path / "run" / "sft").exists() and not (tmp_path / "run" / "audit" / "recipe.json").exists()
+
+    clean = recipe_file(write_recipe, tiny_llama, tmp_path, {"chat": DATA / "tiny_chat.jsonl"})
+    probe = ("import sys; from pathlib import Path; from finetune.recipe import load_recipe; "
+             "from finetune.pipeline import run_data_audit; "
+             f"s = run_data_audit(load_recipe({str(clean)!r}), Path({str(tmp_path / 'run2')!r})); "
+             "print(sorted(s['sources']), 'matplotlib' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split("\n")[-2] == "['chat'] False"
+    assert "source" in res.stderr and (tmp_path / "run2" / "audit" / "lengths-chat.png").exists()
