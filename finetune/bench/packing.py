@@ -4,20 +4,23 @@ Data: text rows of 10..400 tokens (random counts of the shipped tiny_text senten
 in one process, each from the same starting weights for the same number of steps:
 
   padded        packing=False: batches of --batch rows, padded to the longest row of each batch
-  packed        packing=True, TRL's default packing_strategy bfd (which turns on padding_free): rows of
-                max_length tokens, batch size chosen so a step holds about as many non-pad tokens as a padded one
+  packed        the toolkit's SFT packing (finetune.packing): TRL's bfd rows of max_length tokens, kept apart
+                as [rows, max_length] with a block-diagonal mask per row (what the SFT stage uses with sdpa or
+                eager attention); batch size chosen so a step holds about as many non-pad tokens as a padded one
+  packed_1row   TRL's own bfd layout (padding_free): the same rows joined into ONE row per step, the layout
+                flash-attention varlen kernels are made for
   padding_free  padding_free=True without packing: the --batch rows concatenated into one row, no padding
 
 Throughput = non-pad tokens trained (TRL's logged num_tokens) / time from on_train_begin to on_train_end.
 Target: packed / padded >= 1.5x.
 
-Leak check: TRL builds a packed batch as one flattened row whose position_ids restart at 0 for every example and
-passes no attention mask; transformers then derives a block-diagonal causal mask from the position_ids. With a
-fixed model, the per-token losses of each example inside the packed batch (taken from the real SFTTrainer
-dataloader) must equal those of the example run alone within 1e-4, for the attention kernel that trains here
-(sdpa on CPU) and the others available. Two controls show the check can fail: the same tokens with positions
-0..N-1 (naive concatenation), and the TRL batch passed without use_cache=False (a KV cache disables the mask
-derivation in transformers 5; TRL's compute_loss passes use_cache=False, hand-written loops may not).
+Leak check: a packed batch (from the real trainers' dataloaders, both layouts) carries position_ids that restart
+at 0 for every example and no attention mask; transformers derives a block-diagonal causal mask from them. With
+a fixed model, the per-token losses of each example inside the packed batch must equal those of the example
+run alone within 1e-4, for the attention kernel that trains here (sdpa on CPU) and the others available. Two
+controls show the check can fail: the same tokens with positions 0..N-1 (naive concatenation), and the batch
+passed without use_cache=False (a KV cache disables the mask derivation in transformers 5; TRL's compute_loss
+passes use_cache=False, hand-written loops may not).
 
     python -m finetune.bench.packing [--quick]
 """
@@ -37,7 +40,7 @@ from finetune.bench import add_threads_arg, fmt_list, median, set_threads, summa
 
 TARGET = 1.5
 TOLERANCE = 1e-4
-VARIANTS = ("padded", "packed", "padding_free")
+VARIANTS = ("padded", "packed", "packed_1row", "padding_free")
 
 
 def build_texts(tokenizer, n: int, lo: int, hi: int, seed: int) -> list[str]:
@@ -92,18 +95,25 @@ def load_model(model_dir: str, attn: str):
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation=attn)
 
 
-def train_once(variant: str, dataset, tokenizer, args, batch: int) -> dict:
-    from transformers import PrinterCallback
+def trainer_class(variant: str):
     from trl import SFTTrainer
 
+    from finetune.packing import row_packed_trainer_class
+
+    return row_packed_trainer_class() if variant == "packed" else SFTTrainer
+
+
+def train_once(variant: str, dataset, tokenizer, args, batch: int) -> dict:
+    from transformers import PrinterCallback
+
     # padding_free without packing refuses a max_length it would not enforce; the rows are shorter anyway.
-    over = {"padded": {}, "packed": {"packing": True},
+    over = {"padded": {}, "packed": {"packing": True}, "packed_1row": {"packing": True},
             "padding_free": {"padding_free": True, "max_length": None}}[variant]
     with tempfile.TemporaryDirectory(prefix=f"bench-b2-{variant}-") as tmp:
         timer = make_timer()
-        trainer = SFTTrainer(model=load_model(args.model, args.attn), processing_class=tokenizer,
-                             args=sft_config(tmp, args, per_device_train_batch_size=batch, **over),
-                             train_dataset=dataset, callbacks=[timer])
+        trainer = trainer_class(variant)(model=load_model(args.model, args.attn), processing_class=tokenizer,
+                                         args=sft_config(tmp, args, per_device_train_batch_size=batch, **over),
+                                         train_dataset=dataset, callbacks=[timer])
         trainer.remove_callback(PrinterCallback)
         trainer.train()
     logged = [row for row in trainer.state.log_history if "num_tokens" in row]
@@ -113,51 +123,70 @@ def train_once(variant: str, dataset, tokenizer, args, batch: int) -> dict:
 
 
 def per_token_losses(model, input_ids, **kwargs):
+    """Per-token next-token losses, one row of them per batch row."""
     import torch
     import torch.nn.functional as F
 
     with torch.no_grad():
-        logits = model(input_ids=input_ids, **kwargs).logits[0]
-    return F.cross_entropy(logits[:-1].float(), input_ids[0, 1:], reduction="none")
+        logits = model(input_ids=input_ids, **kwargs).logits
+    return F.cross_entropy(logits[:, :-1].float().transpose(1, 2), input_ids[:, 1:], reduction="none")
+
+
+def packed_batch(args, texts: list[str], tokenizer, variant: str) -> dict:
+    """The first training batch the variant's real SFTTrainer dataloader yields for these texts."""
+    import datasets
+
+    from finetune.packing import TOKENS
+
+    with tempfile.TemporaryDirectory(prefix="bench-b2-leak-") as tmp:
+        trainer = trainer_class(variant)(
+            model=load_model(args.model, "sdpa"), processing_class=tokenizer,
+            train_dataset=datasets.Dataset.from_list([{"text": t} for t in texts]),
+            args=sft_config(tmp, args, packing=True, per_device_train_batch_size=len(texts)))
+        batch = next(iter(trainer.get_train_dataloader()))
+    batch.pop(TOKENS, None)
+    return batch
 
 
 def leak_check(args, texts: list[str], tokenizer, impls: list[str]) -> dict:
-    """Per-token losses of each example inside TRL's packed batch vs run alone, per attention kernel."""
-    import datasets
+    """Per-token losses of each example inside the packed batches (both layouts) vs run alone, per kernel."""
     import torch
-    from trl import SFTTrainer
 
-    with tempfile.TemporaryDirectory(prefix="bench-b2-leak-") as tmp:
-        trainer = SFTTrainer(model=load_model(args.model, "sdpa"), processing_class=tokenizer,
-                             train_dataset=datasets.Dataset.from_list([{"text": t} for t in texts]),
-                             args=sft_config(tmp, args, packing=True, per_device_train_batch_size=len(texts)))
-        batch = next(iter(trainer.get_train_dataloader()))
-    ids, pos = batch["input_ids"][:1], batch["position_ids"][:1]
-    starts = (pos[0] == 0).nonzero().flatten().tolist() + [ids.shape[1]]
-    segments = [(s, e) for s, e in zip(starts, starts[1:], strict=False) if e > s]
-    out = {"examples": len(segments), "lengths": [e - s for s, e in segments], "tokens": ids.shape[1],
-           "has_attention_mask": "attention_mask" in batch, "kernels": {}}
+    layouts = {}
+    for variant in ("packed", "packed_1row"):
+        batch = packed_batch(args, texts, tokenizer, variant)
+        ids, pos = batch["input_ids"], batch["position_ids"]
+        segments = []  # (row, start, end) of every example: a run of positions counting up from 0
+        for r in range(ids.shape[0]):
+            starts = (pos[r] == 0).nonzero().flatten().tolist() + [ids.shape[1]]
+            segments += [(r, s, e) for s, e in zip(starts, starts[1:], strict=False) if e - s > 1]  # not pads
+        layouts[variant] = (ids, pos, segments, "attention_mask" in batch)
+    ids, pos, segments, has_mask = layouts["packed"]
+    out = {"examples": len(segments), "lengths": [e - s for _, s, e in segments], "shape": list(ids.shape),
+           "shape_1row": list(layouts["packed_1row"][0].shape), "has_attention_mask": has_mask, "kernels": {}}
 
-    def worst(model, **kwargs) -> float:
+    def worst(model, ids, segments, **kwargs) -> float:
         packed = per_token_losses(model, ids, **kwargs)
         diffs = []
-        for s, e in segments:
-            alone = per_token_losses(model, ids[:, s:e], use_cache=False)
-            diffs.append((packed[s:e - 1] - alone).abs().max().item())
+        for r, s, e in segments:
+            alone = per_token_losses(model, ids[r:r + 1, s:e], use_cache=False)[0]
+            diffs.append((packed[r, s:e - 1] - alone).abs().max().item())
         return max(diffs)
 
     for impl in impls:
         started = time.perf_counter()
         try:
             model = load_model(args.model, impl).eval()
-            out["kernels"][impl] = {"max_diff": worst(model, position_ids=pos, use_cache=False),
-                                    "seconds": time.perf_counter() - started}
+            out["kernels"][impl] = {
+                "max_diff": max(worst(model, i, seg, position_ids=p, use_cache=False)
+                                for i, p, seg, _ in layouts.values()),
+                "seconds": time.perf_counter() - started}
         except Exception as e:  # noqa: BLE001 - report any kernel that cannot run here instead of stopping
             out["kernels"][impl] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
         if impl == "sdpa" and "error" not in out["kernels"][impl]:
-            naive = torch.arange(ids.shape[1])[None]
-            out["control_naive"] = worst(model, position_ids=naive, use_cache=False)
-            out["control_cache"] = worst(model.train(), position_ids=pos)
+            naive = torch.arange(ids.shape[1]).expand(ids.shape[0], -1)
+            out["control_naive"] = worst(model, ids, segments, position_ids=naive, use_cache=False)
+            out["control_cache"] = worst(model.train(), ids, segments, position_ids=pos)
     return out
 
 
@@ -209,20 +238,21 @@ def main(argv=None) -> None:
     texts = build_texts(tokenizer, args.rows, args.min_tokens, args.max_tokens, args.seed)
     lengths = [len(tokenizer(t)["input_ids"]) + 1 for t in texts]  # + EOS, which TRL appends
     mean_len = statistics.fmean(lengths)
-    packed_batch = max(1, round(args.batch * mean_len / args.max_length))
+    rows = max(1, round(args.batch * mean_len / args.max_length))
     dataset = datasets.Dataset.from_list([{"text": t} for t in texts])
-    batches = {"padded": args.batch, "packed": packed_batch, "padding_free": args.batch}
+    batches = {"padded": args.batch, "packed": rows, "packed_1row": rows, "padding_free": args.batch}
     print(f"B2 packing: {args.model} ({args.attn}), {len(texts)} text rows of {min(lengths)}..{max(lengths)} "
           f"tokens (median {statistics.median(lengths):.0f}, mean {mean_len:.0f}), max_length {args.max_length}, "
           f"{args.steps} steps x {args.rounds} rounds, {threads}")
     pad_share, padded_scores = simulated_padding(lengths, args.batch, args.seed)
     flat = args.batch * mean_len
-    print(f"  batch sizes: padded {args.batch} rows, packed {packed_batch} rows of <= {args.max_length} tokens "
-          f"(~{flat:.0f} non-pad tokens/step each), padding_free {args.batch} rows; padded steps compute "
+    print(f"  batch sizes: padded {args.batch} rows, packed and packed_1row {rows} rows of <= {args.max_length} "
+          f"tokens (~{flat:.0f} non-pad tokens/step each), padding_free {args.batch} rows; padded steps compute "
           f"~{pad_share:.0%} padding (simulated)")
     print(f"  attention scores per step (dense kernels, i.e. not flash-attention varlen): padded ~"
-          f"{padded_scores / 1e6:.1f} M; packed / padding_free, one flattened row of ~{flat:.0f} tokens with a "
-          f"block-diagonal mask, ~{flat ** 2 / 1e6:.1f} M", flush=True)
+          f"{padded_scores / 1e6:.1f} M; packed, {rows} rows of <= {args.max_length}, ~"
+          f"{rows * args.max_length ** 2 / 1e6:.1f} M; packed_1row / padding_free, one row of ~{flat:.0f} tokens, ~"
+          f"{flat ** 2 / 1e6:.1f} M", flush=True)
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     for r in range(args.rounds):
         order = VARIANTS if r % 2 == 0 else VARIANTS[::-1]
@@ -236,19 +266,16 @@ def main(argv=None) -> None:
         print(f"  {v:<12} median {tok_s[v]:8.0f} tokens/s  ({fmt_list([x['tok_s'] for x in runs[v]], '.0f')})")
     ratio = tok_s["packed"] / tok_s["padded"]
     print(f"  packed / padded:       {ratio:.2f}x   (target >= {TARGET}x)")
+    print(f"  packed_1row / padded:  {tok_s['packed_1row'] / tok_s['padded']:.2f}x   (TRL's layout: with {args.attn}, "
+          f"one row's dense block-diagonal mask grows with the square of the step's tokens)")
     print(f"  padding_free / padded: {tok_s['padding_free'] / tok_s['padded']:.2f}x")
-    if ratio < TARGET and "flash" not in args.attn:
-        print(f"  note: with {args.attn}, packed and padding-free steps attend over one flattened row with a dense "
-              f"block-diagonal mask, so attention work grows with the square of the step's tokens (see the score "
-              f"counts above); TRL's packing speed-up assumes flash-attention varlen kernels (GPU), which skip the "
-              f"masked blocks. This CPU run cannot measure that case.")
 
     rng = random.Random(args.seed + 1)
     sample = sorted(rng.sample(texts, 8), key=len)
     leak = leak_check(args, sample, tokenizer, kernels)
-    print(f"  leak check: {leak['examples']} examples ({fmt_list(leak['lengths'], 'd')} tokens) in one packed row of "
-          f"{leak['tokens']} tokens from the SFTTrainer dataloader (attention_mask in batch: "
-          f"{leak['has_attention_mask']}); max |per-token loss packed - alone|:")
+    print(f"  leak check: {leak['examples']} examples ({fmt_list(leak['lengths'], 'd')} tokens) in packed batches "
+          f"of shape {leak['shape']} (packed) and {leak['shape_1row']} (packed_1row) from the trainers' dataloaders "
+          f"(attention_mask in batch: {leak['has_attention_mask']}); max |per-token loss packed - alone|:")
     verdicts = {}
     for impl, res in leak["kernels"].items():
         if "error" in res:
@@ -266,8 +293,8 @@ def main(argv=None) -> None:
     print(f"  no leak with {args.attn} (the kernel used for training here): {no_leak}")
     met = ratio >= TARGET and no_leak
     print(summary_line(2, "packing vs padding",
-                       f"packed {tok_s['packed']:.0f} vs padded {tok_s['padded']:.0f} tok/s (padding_free "
-                       f"{tok_s['padding_free']:.0f}); leak check "
+                       f"packed {tok_s['packed']:.0f} vs padded {tok_s['padded']:.0f} tok/s (TRL one-row "
+                       f"{tok_s['packed_1row']:.0f}, padding_free {tok_s['padding_free']:.0f}); leak check "
                        + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in verdicts.items()),
                        f"{ratio:.2f}x", f">= {TARGET}x, no leak (1e-4)", met))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetune import audit, modeling
+from finetune import audit, modeling, packing
 from finetune.data import stage_data
 from finetune.errors import UserError
 from finetune.stages import common
@@ -62,7 +62,13 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     model = modeling.prepare_trainable(model, stage["peft"], stage["quantization"], args.gradient_checkpointing)
     params = modeling.count_parameters(model)
     log(f"model: {params['trainable']:,} of {params['total']:,} parameters trainable")
-    trainer = common.build_trainer(SFTTrainer, stage, explain=lambda e: _explain(e, stage), model=model,
+    trainer_cls = SFTTrainer
+    attention = getattr(model.config, "_attn_implementation", None)
+    if packing.keeps_rows(args, attention, "padding_free" in stage["train"]):
+        trainer_cls = packing.row_packed_trainer_class()
+        log(f"packing: rows of <= {args.max_length} tokens kept apart, a block-diagonal mask per row "
+            f"({attention} attention; flash-attention would take TRL's one-row layout)")
+    trainer = common.build_trainer(trainer_cls, stage, explain=lambda e: _explain(e, stage), model=model,
                                    args=args, train_dataset=data["train"], eval_dataset=data["eval"],
                                    processing_class=tokenizer)
     report = None
