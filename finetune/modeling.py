@@ -78,9 +78,25 @@ def load_base_model(base_model: dict, quant: dict | None = None, path: str | Non
             kwargs["device_map"] = {"": PartialState().local_process_index}
     source = path or base_model["path"]
     try:
-        return cls.from_pretrained(source, **kwargs)
+        model = cls.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
         raise _hub_error("path", source, e) from None
+    if qconfig is not None:
+        _release_checkpoint(model)
+    return model
+
+
+def _release_checkpoint(model) -> None:
+    """Copy a quantised model's unquantised CPU tensors out of the memory-mapped checkpoint.
+
+    transformers keeps same-dtype tensors (embeddings, norms) as zero-copy views into the mmapped safetensors
+    file. After quantisation those few views hold the whole file mapped, and its pages, all read once for
+    quantising, stay resident: about 300 MiB more RSS on a 135M-parameter model (benchmark B3). Copies let
+    the mapping go. Tied parameters stay tied: each Parameter object is copied once, in place.
+    """
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.device.type == "cpu" and type(tensor).__name__ not in ("Params4bit", "Int8Params"):
+            tensor.data = tensor.data.clone()
 
 
 def peft_config(peft: dict, task_type: str = "CAUSAL_LM"):

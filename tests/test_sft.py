@@ -74,6 +74,7 @@ def test_qlora_sft_4bit_and_adapter_reloads_with_same_logits(tiny_qwen2, tmp_pat
     from trl import SFTConfig, SFTTrainer
 
     from finetune import modeling
+    from finetune.bench.memory import checkpoint_pages
     from finetune.data import stage_data
 
     recipe = load_recipe_dict(sft_recipe(tiny_qwen2, peft={"r": 8, "alpha": 16, "dropout": 0.0},
@@ -83,6 +84,11 @@ def test_qlora_sft_4bit_and_adapter_reloads_with_same_logits(tiny_qwen2, tmp_pat
     linear4 = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(linear4) == 2 * 7, "every attention and MLP projection of both layers is 4-bit"
     assert linear4[0].weight.quant_type == "nf4" and linear4[0].weight.quant_state.nested  # double quant
+    # The unquantised tensors are copies, not views into the mmapped checkpoint (which would keep the whole
+    # file resident), and the tied embedding is still one tensor.
+    assert checkpoint_pages(model, str(tiny_qwen2))["live_mb"] == 0
+    assert model.config.tie_word_embeddings
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     model = modeling.prepare_trainable(model, stage["peft"], stage["quantization"], gradient_checkpointing=False)
     tokenizer = modeling.load_tokenizer(recipe["base_model"])
     data = stage_data(recipe, stage)

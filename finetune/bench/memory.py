@@ -4,16 +4,17 @@ The model is built locally with random weights (LlamaConfig: hidden 576, interme
 3 KV heads, vocab 49152, tied embeddings) and saved to a temp folder with a small BPE tokenizer from
 finetune.tiny (4096 tokens; the embedding keeps all 49152 rows, so the parameter count is SmolLM2's). Each
 variant loads it through finetune.modeling.load_base_model + prepare_trainable (as the SFT stage does) and runs
-a few training steps (batch 1, seq 256, fused AdamW as the Trainer's default, float32 compute, no gradient
-checkpointing) in its own subprocess; variants alternate across rounds.
+a few training steps (batch 1, seq 256, fused AdamW as the Trainer's default, float32 compute, non-reentrant
+gradient checkpointing as the SFT stage enables it by default; --no-checkpointing turns it off) in its own
+subprocess; variants alternate across rounds.
 
 Figures: the peak RSS of the training steps (VmHWM, reset after loading) minus the RSS of a bare
 `import torch, transformers` process, measured the same way; ru_maxrss (the whole process, loading included)
 is printed beside it. Each variant runs twice: with glibc as shipped (the headline figure) and with
 MALLOC_MMAP_THRESHOLD_ fixed so freed large blocks return to the OS. The estimate is compared with the latter
 less what it does not model: the libraries the variant imports (peft, bitsandbytes) and resident pages of the
-mmapped checkpoint that back no live tensor (QLoRA on CPU). Estimates, from the parameter counts and an
-activation estimate:
+mmapped checkpoint that back no live tensor (0 since modeling.load_base_model copies a quantised model's
+unquantised tensors out of the file). Estimates, from the parameter counts and an activation estimate:
   full   4 (weights) + 4 (grads) + 8 (AdamW) = 16 B/param, + activations
   LoRA   4 B/param frozen + 16 B/param of adapter, + activations
   QLoRA  NF4 linear weights: 0.5 B/param + double-quantised absmax constants (~0.016 B/param), the tied
@@ -86,21 +87,23 @@ def counts(r: int = PEFT["r"]) -> dict:
             "adapter": n * sum(r * (a + b) for a, b in linears)}
 
 
-def activation_bytes(seq: int, batch: int = 1) -> float:
-    """What autograd holds at the start of backward in one fp32 forward without checkpointing (Llama, sdpa).
+def activation_bytes(seq: int, checkpointing: bool, batch: int = 1) -> float:
+    """What autograd holds at its peak in one fp32 training step (Llama, sdpa).
 
     Saved per layer and token (counted with saved_tensors_hooks on this shape): the MLP's gate, up, silu(gate)
     and product (4 x intermediate); the norm outputs, q, attention output and the inputs of o_proj and the
-    residuals (~6 x hidden); k and v (2 x kv). Plus 3 x vocab per token for the loss: the saved log-softmax, and
-    the logits' gradient and softmax output alive together when backward starts.
+    residuals (~6 x hidden); k and v (2 x kv). With checkpointing, each layer keeps only its input (hidden) and
+    one layer's activations are rebuilt at a time. Plus 3 x vocab per token for the loss: the saved
+    log-softmax, and the logits' gradient and softmax output alive together when backward starts.
     """
     h, i, kv = SHAPE["hidden"], SHAPE["intermediate"], kv_width()
     per_token_layer = 4 * i + 6 * h + 2 * kv
-    return 4 * batch * seq * (SHAPE["layers"] * per_token_layer + 3 * VOCAB)
+    layers = SHAPE["layers"] * h + per_token_layer if checkpointing else SHAPE["layers"] * per_token_layer
+    return 4 * batch * seq * (layers + 3 * VOCAB)
 
 
-def estimates(seq: int) -> dict:
-    c, act = counts(), activation_bytes(seq)
+def estimates(seq: int, checkpointing: bool) -> dict:
+    c, act = counts(), activation_bytes(seq, checkpointing)
     total = c["embedding"] + c["linear"] + c["norm"]
     nf4 = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 constant per 256 absmax
     static = {"full": 16 * total, "lora": 4 * total + 16 * c["adapter"],
@@ -156,7 +159,9 @@ def child(args) -> None:
     peft_cfg = PEFT if args.variant in ("lora", "qlora") else None
     started = time.perf_counter()
     model = modeling.load_base_model(base_model_entry(args.model_dir), quant)
-    model = modeling.prepare_trainable(model, peft_cfg, quant, gradient_checkpointing=False)
+    model = modeling.prepare_trainable(model, peft_cfg, quant, gradient_checkpointing=args.checkpointing)
+    if args.checkpointing:  # as the Trainer turns it on, with the toolkit's use_reentrant=False
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     load_s = time.perf_counter() - started
     params = modeling.count_parameters(model)
@@ -192,7 +197,7 @@ def parent(args) -> None:
     threads = set_threads(args.threads)
     own_dir = args.model_dir is None
     model_dir = Path(args.model_dir or tempfile.mkdtemp(prefix="bench-b3-model-"))
-    est = estimates(args.seq)
+    est = estimates(args.seq, args.checkpointing)
     runs: dict[tuple[str, str], list[dict]] = {}
     try:
         if not (model_dir / "config.json").exists():
@@ -202,13 +207,15 @@ def parent(args) -> None:
         print(f"B3 memory: SmolLM2-135M shape ({est['params'] / 1e6:.1f} M params: vocab {VOCAB} x hidden "
               f"{SHAPE['hidden']} tied embedding, {SHAPE['layers']} layers; tokenizer {TOKENIZER_VOCAB} tokens, "
               f"embedding padded to {VOCAB} rows), batch 1 x seq {args.seq}, {args.steps} steps, {args.rounds} "
-              f"round(s), fp32 compute, no gradient checkpointing, {threads}", flush=True)
+              f"round(s), fp32 compute, gradient checkpointing {'on' if args.checkpointing else 'off'}, {threads}",
+              flush=True)
         for r in range(args.rounds):
             order = ("baseline", *VARIANTS) if r % 2 == 0 else ("baseline", *VARIANTS[::-1])
             for variant in order:
                 for alloc in ALLOCATORS if variant != "baseline" else ("stock",):
                     out = run_child(["-m", "finetune.bench.memory", "--variant", variant, "--model-dir",
-                                     str(model_dir), "--steps", str(args.steps), "--seq", str(args.seq)],
+                                     str(model_dir), "--steps", str(args.steps), "--seq", str(args.seq),
+                                     *([] if args.checkpointing else ["--no-checkpointing"])],
                                     env=ALLOCATORS[alloc])
                     runs.setdefault((variant, alloc), []).append(out)
                     if variant == "baseline":
@@ -259,13 +266,11 @@ def parent(args) -> None:
           f"{TARGET_RATIO}); estimated {est_ratio:.2f} with activations, "
           f"{est['static']['qlora'] / est['static']['lora']:.2f} for weights + adapter + optimizer alone")
     if ratio > TARGET_RATIO:
-        print(f"  why QLoRA/LoRA misses {TARGET_RATIO} here: (1) at batch 1 x seq {args.seq} the activations (~"
-              f"{est['activations'] / MIB:.0f} MiB, the 49152-token vocabulary's logits included) are the same for "
-              f"both and dominate a 135M model; (2) the tied 49152 x 576 embedding stays fp32 (bitsandbytes "
-              f"quantises Linear layers only): {4 * counts()['embedding'] / MIB:.0f} MiB; (3) on CPU, transformers "
-              f"keeps that embedding and the norms as views into the mmapped fp32 checkpoint, so the whole file "
-              f"stays mapped and, having been read for quantisation, resident (the 'unused ckpt pages'; clean "
-              f"file pages the kernel may drop under pressure, but RSS counts them).")
+        print(f"  why QLoRA/LoRA misses {TARGET_RATIO} here: (1) the activations (~{est['activations'] / MIB:.0f} MiB at "
+              f"batch 1 x seq {args.seq}, the 49152-token vocabulary's logits included) are the same for both and "
+              f"weigh heavily on a 135M model; (2) the tied 49152 x 576 embedding stays fp32 (bitsandbytes "
+              f"quantises Linear layers only): {4 * counts()['embedding'] / MIB:.0f} MiB; (3) the unquantised "
+              f"parts, libraries and allocator slack are a larger share of a small model than of a 7B one.")
     met = ratio <= TARGET_RATIO and all(fits.values())
     print(summary_line(3, "memory full / LoRA / QLoRA (135M)",
                        f"train peak {peak[('full', 'stock')]:.0f} / {peak[('lora', 'stock')]:.0f} / "
@@ -284,6 +289,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps per variant (default 4; quick 2)")
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=None, help="default 3; quick 1")
+    parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
+                        help="train without gradient checkpointing (the SFT stage's default is on)")
     add_threads_arg(parser)
     args = parser.parse_args(argv)
     args.steps = args.steps or (2 if args.quick else 4)
