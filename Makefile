@@ -28,7 +28,7 @@ help:
 	@echo "make test      the offline test suite"
 	@echo "make demo      build tiny models, run the tiny recipe end to end, print EM/F1"
 	@echo "make lint      ruff"
-	@echo "make bench     benchmarks B1-B5 on CPU (about 20 min on a quiet 2-core machine; --quick: 5 min)"
+	@echo "make bench     benchmarks B1-B5 on CPU (about 25 min on a 2-core machine; --quick: 5 min)"
 	@echo "make recipes   list every recipe target; make <recipe> runs it, make <recipe>-<stage> one stage"
 	@echo "make tiny      build the tiny Llama and Qwen2 models under models/"
 
