@@ -25,7 +25,6 @@ PURPOSE = {"sft": "sft", "reward": "pairs", "dpo": "pairs",  # stage kind -> wha
            "ppo": "prompts", "rloo": "prompts", "grpo": "prompts"}
 TRUNCATING = ("sft", "reward", "dpo")  # kinds whose TRL config cuts rows to `max_length`
 TRL_DEFAULT_MAX_LENGTH = 1024  # SFTConfig, DPOConfig and RewardConfig default in trl 1.12
-CHILD_ERROR = "data-audit-error: "  # how `python -m finetune.data_audit` hands a UserError to the pipeline
 def row_text(row: dict) -> str:
     """All text a row trains on: the strings in its standard columns (messages, prompt, chosen, ...)."""
     return "\n".join(s for col in COLUMN_TARGETS if col in row for s in iter_strings(row[col], skip=("role", "from")))
@@ -336,13 +335,3 @@ def cmd_audit(args) -> int:
     print(f"audit report: {out_dir / 'audit.json'}")
     return 0
 
-
-if __name__ == "__main__":  # the pipeline's child process: python -m finetune.data_audit RECIPE.json OUT_DIR
-    import json
-    import sys
-
-    try:  # report lines on stdout for the pipeline to log; progress bars pass through on stderr
-        audit_recipe(json.loads(Path(sys.argv[1]).read_text()), Path(sys.argv[2]), log=lambda m: print(m, flush=True))
-    except UserError as e:
-        print(f"{CHILD_ERROR}{e}", flush=True)
-        sys.exit(2)
