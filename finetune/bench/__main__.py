@@ -20,7 +20,7 @@ from finetune.bench import ROOT, offline_env
 BENCHMARKS = {"overhead": "B1", "packing": "B2", "memory": "B3", "generation": "B4", "startup": "B5"}
 THREADED = ("overhead", "packing", "memory")  # B1 defaults to 1 thread itself
 # Wall time of a full run, from the --quick runs' per-step costs (1 thread on a loaded 2-core machine).
-FULL_TIME = {"overhead": "~7 min", "packing": "~6 min", "memory": "~10 min", "generation": "~20 s",
+FULL_TIME = {"overhead": "~10 min", "packing": "~6 min", "memory": "~10 min", "generation": "~20 s",
              "startup": "~15 s"}
 
 
