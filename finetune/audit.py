@@ -77,12 +77,16 @@ def label_audit(trainer, raw_dataset, settings: dict, eos_token_id: int | None) 
     if truncates and len(lost_rows) == n:
         raise UserError(f"label audit: truncation at max_length={args.max_length} cuts away the whole answer of "
                         f"every row, leaving nothing to train on; raise train.max_length")
-    share = len(cut_rows) / n
-    if share > settings["max_truncated_share"]:
-        raise UserError(f"label audit: truncation at max_length={args.max_length} cuts into the answer of "
-                        f"{len(cut_rows)} of {n} rows ({share:.1%} > audit.max_truncated_share "
-                        f"{settings['max_truncated_share']:.1%}); raise train.max_length or shorten the data")
+    _check_truncated_share(len(cut_rows), n, "the answer of", "rows", args.max_length, settings)
     return report
+
+
+def _check_truncated_share(cut: int, n: int, what: str, unit: str, max_length: int, settings: dict) -> None:
+    share = cut / n
+    if share > settings["max_truncated_share"]:
+        raise UserError(f"label audit: truncation at max_length={max_length} cuts into {what} {cut} of {n} {unit} "
+                        f"({share:.1%} > audit.max_truncated_share {settings['max_truncated_share']:.1%}); raise "
+                        f"train.max_length or shorten the data")
 
 
 def format_report(report: dict) -> str:
@@ -95,19 +99,18 @@ def format_report(report: dict) -> str:
 
 def _pair_lengths(pairs, tokenizer, kind: str) -> tuple[list[int], list[int], list[int]]:
     """Token lengths of prompt, prompt+chosen and prompt+rejected, rendered as the trainers render them."""
+    if kind == "text":
+        def count(text: str, generation_prompt: bool = False) -> int:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    else:
+        def count(messages: list, generation_prompt: bool = False) -> int:
+            return len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt,
+                                                     return_dict=True)["input_ids"])
     prompts, chosen, rejected = [], [], []
     for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"], strict=True):
-        if kind == "text":
-            count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-            prompts.append(count(p))
-            chosen.append(count(p + c))
-            rejected.append(count(p + r))
-        else:
-            count = lambda msgs, gen=False: len(tokenizer.apply_chat_template(  # noqa: E731
-                msgs, tokenize=True, add_generation_prompt=gen, return_dict=True)["input_ids"])
-            prompts.append(count(p, True))
-            chosen.append(count(p + c))
-            rejected.append(count(p + r))
+        prompts.append(count(p, True))
+        chosen.append(count(p + c))
+        rejected.append(count(p + r))
     return prompts, chosen, rejected
 
 
@@ -125,9 +128,5 @@ def preference_audit(pairs, tokenizer, kind: str, max_length: int | None, settin
     if lost and len(lost) == n:
         raise UserError(f"label audit: at max_length={max_length} every prompt fills the whole window, so no "
                         f"answer is left to compare; raise train.max_length")
-    share = len(cut) / n
-    if share > settings["max_truncated_share"]:
-        raise UserError(f"label audit: truncation at max_length={max_length} cuts into the answers of {len(cut)} "
-                        f"of {n} pairs ({share:.1%} > audit.max_truncated_share "
-                        f"{settings['max_truncated_share']:.1%}); raise train.max_length or shorten the data")
+    _check_truncated_share(len(cut), n, "the answers of", "pairs", max_length, settings)
     return report

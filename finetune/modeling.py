@@ -94,8 +94,10 @@ def _release_checkpoint(model) -> None:
     quantising, stay resident: about 300 MiB more RSS on a 135M-parameter model (benchmark B3). Copies let
     the mapping go. Tied parameters stay tied: each Parameter object is copied once, in place.
     """
+    from bitsandbytes.nn import Int8Params, Params4bit
+
     for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.device.type == "cpu" and type(tensor).__name__ not in ("Params4bit", "Int8Params"):
+        if tensor.device.type == "cpu" and not isinstance(tensor, (Params4bit, Int8Params)):
             tensor.data = tensor.data.clone()
 
 

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 
-FLASH_PREFIX = ("flash_attention", "kernels-community/")  # kernels TRL's one-row layout is made for
 TOKENS = "num_packed_tokens"  # the batch's real-token count, taken out before the model sees the batch
 
 
 def keeps_rows(args, attn_implementation: str | None, padding_free_set: bool) -> bool:
-    """Whether the SFT stage should keep packed rows apart: bfd packing, a non-flash kernel, and no explicit
-    `train.padding_free` (which asks for TRL's one-row layout)."""
+    """Whether the SFT stage should keep packed rows apart: bfd packing, a kernel outside the flash-attention
+    variants TRL's one-row layout is made for, and no explicit `train.padding_free` (which asks for it)."""
+    from trl.trainer.sft_trainer import FLASH_ATTENTION_VARIANTS
+
     return (bool(args.packing) and args.packing_strategy in ("bfd", "bfd_split") and not padding_free_set
-            and not str(attn_implementation or "").startswith(FLASH_PREFIX))
+            and attn_implementation not in FLASH_ATTENTION_VARIANTS)
 
 
 class RowPackedCollator:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -204,50 +203,44 @@ def _audit_in_child(recipe: dict, out_dir: Path) -> dict:
     modules, so this costs milliseconds; a fresh interpreter would spend about 6 s importing torch again. The
     child runs no torch op. Where fork is not the safe default (not Linux), the audit runs in this process.
     """
-    import traceback
+    import multiprocessing
 
     from finetune import data_audit
 
     if sys.platform != "linux":
         return data_audit.audit_recipe(recipe, out_dir, log=log)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: audit, report through the pipe, exit without running the parent's cleanup
-        os.close(read_end)
-        code = 0
-        try:
-            with os.fdopen(write_end, "w", buffering=1) as pipe:
-                try:
-                    data_audit.audit_recipe(recipe, out_dir, log=lambda m: pipe.write(f"{m}\n"))
-                except UserError as e:
-                    pipe.write(f"{CHILD_ERROR}{e}\n")
-                    code = 2
-        except BaseException:  # noqa: BLE001 - a bug: its traceback goes to stderr, the parent says it failed
-            traceback.print_exc()
-            code = 1
-        finally:
-            sys.stderr.flush()
-            os._exit(code)
-    os.close(write_end)
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_audit_child, args=(recipe, out_dir, sender), name="data-audit")
+    child.start()
+    sender.close()
     error = None
-    with os.fdopen(read_end) as pipe:
-        for line in pipe:
-            line = line.rstrip("\n")
-            if line.startswith(CHILD_ERROR):
-                error = line[len(CHILD_ERROR):]
-            else:
-                log(line)
-    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    while True:
+        try:
+            kind, text = receiver.recv()
+        except EOFError:  # the child closed its end: it is done
+            break
+        if kind == "log":
+            log(text)
+        else:
+            error = text
+    child.join()
     if error:
         raise UserError(error)
-    if code != 0:
-        raise RuntimeError(f"the data audit process failed (exit {code}); its traceback is above")
+    if child.exitcode != 0:  # a bug: multiprocessing printed the child's traceback
+        raise RuntimeError(f"the data audit process failed (exit {child.exitcode}); its traceback is above")
     return mf.read_json(out_dir / "audit.json")
 
 
-CHILD_ERROR = "data-audit-error: "  # how the audit's child process hands a UserError back
+def _audit_child(recipe: dict, out_dir: Path, pipe) -> None:
+    from finetune import data_audit
+
+    try:
+        data_audit.audit_recipe(recipe, out_dir, log=lambda line: pipe.send(("log", line)))
+    except UserError as e:
+        pipe.send(("error", str(e)))
+    finally:
+        pipe.close()
 
 
 def _changed(before: dict, after: dict, prefix: str = "") -> str:

@@ -227,7 +227,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--rounds", type=int, default=None, help="measured rounds, even so each variant goes first equally often (default 10; quick 2)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="measured rounds, even so each variant goes first equally often (default 10; quick 2)")
     parser.add_argument("--warmup", type=int, default=None, help="unrecorded rounds first (default 1; quick 0)")
     add_threads_arg(parser)
     args = parser.parse_args(argv)
