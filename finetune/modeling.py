@@ -83,7 +83,25 @@ def load_base_model(base_model: dict, quant: dict | None = None, path: str | Non
         raise _hub_error("path", source, e) from None
     if qconfig is not None:
         _release_checkpoint(model)
+        _one_4bit_kernel(model)
     return model
+
+
+def _one_4bit_kernel(model) -> None:
+    """Make 4-bit layers compute the same way in training and inference, on every CPU.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a Linear4bit's weight the first time it runs in
+    eval mode without gradients: the absmax scales are rounded to bf16 and a bf16 kernel takes over. The
+    repacking is undone lossily (the scales are quantised again) as soon as the model is moved or its state
+    dict is read, which peft does when it loads an adapter. So the same QLoRA model answered differently
+    after an evaluation than while training (logits off by up to 0.014 on the tiny test model), and only on
+    such CPUs. With the repacking off, every CPU dequantises and multiplies as in training.
+    """
+    from bitsandbytes.nn import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit) and hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _release_checkpoint(model) -> None:

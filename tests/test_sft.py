@@ -20,13 +20,15 @@ def losses(run_dir):
     return [r["loss"] for r in rows if "loss" in r]
 
 
+@pytest.mark.numerics
 def test_full_sft_loss_falls(tiny_llama, write_recipe, tmp_path):
     recipe = sft_recipe(tiny_llama, train={"max_steps": 30, "learning_rate": 2e-3})
     recipe["data"]["chat"]["max_rows"] = 32  # a fixed small set, seen ~8 times
     out = run_recipe(load_recipe(write_recipe(recipe)), output_dir=str(tmp_path / "run"))
     curve = losses(tmp_path / "run")
     assert len(curve) == 30
-    assert sum(curve[-5:]) / 5 < 0.5 * curve[0], curve
+    # Measured 0.445 of the first loss on both kernel paths (AVX-512, AVX2; 2026-11-29): 0.6 keeps margin.
+    assert sum(curve[-5:]) / 5 < 0.6 * curve[0], curve
     manifest = out["sft"]
     assert manifest["artifact"]["adapter"] is False
     assert manifest["parameters"]["trainable"] == manifest["parameters"]["total"]
@@ -34,6 +36,7 @@ def test_full_sft_loss_falls(tiny_llama, write_recipe, tmp_path):
     assert (saved / "model.safetensors").exists() and (saved / "tokenizer.json").exists()
 
 
+@pytest.mark.numerics
 def test_lora_sft_saves_adapter_that_reproduces_the_trained_model(tiny_llama, write_recipe, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -68,6 +71,7 @@ def test_lora_variants_train(tiny_llama, write_recipe, tmp_path, method):
 QUANT = {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "float32"}
 
 
+@pytest.mark.numerics
 def test_qlora_sft_4bit_and_adapter_reloads_with_same_logits(tiny_qwen2, tmp_path):
     """Train QLoRA with our loading code, then reload the saved adapter onto a freshly quantised base."""
     import bitsandbytes as bnb
@@ -104,11 +108,38 @@ def test_qlora_sft_4bit_and_adapter_reloads_with_same_logits(tiny_qwen2, tmp_pat
         trained = model(x).logits
         fresh = modeling.load_base_model(recipe["base_model"], stage["quantization"])
         assert any(isinstance(m, bnb.nn.Linear4bit) for m in fresh.modules())
+        # An inference pass before the adapter goes on: on AVX512-BF16 CPUs bitsandbytes used to repack the
+        # weights here and re-quantise them lossily when peft loaded the adapter (modeling._one_4bit_kernel).
         untuned = fresh(x).logits.clone()
         # TRL trains QLoRA adapters in bf16; modeling.load_adapter restores the saved dtypes exactly.
-        reloaded = modeling.load_adapter(fresh, tmp_path / "adapter").eval()(x).logits
+        reloaded_model = modeling.load_adapter(fresh, tmp_path / "adapter").eval()
+        reloaded = reloaded_model(x).logits
+    # Both sides run the same kernels on the same machine, so they agree exactly (measured: 0.0 on AVX2 and
+    # AVX-512 paths); before the fix the AVX512-BF16 path differed by up to 0.014.
     torch.testing.assert_close(reloaded, trained, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(untuned, trained, atol=1e-3), "the adapter changed nothing"
+    # What matters to a user: the reloaded model answers like the trained one.
+    prompt = {"input_ids": x[:1], "attention_mask": torch.ones_like(x[:1])}
+    with torch.no_grad():
+        answers = [m.generate(**prompt, max_new_tokens=8, do_sample=False) for m in (model, reloaded_model)]
+    assert torch.equal(*answers)
+
+
+def test_4bit_weights_survive_an_inference_pass_and_a_state_dict_read(tiny_qwen2, tmp_path):
+    """An eval-mode forward must not change what a 4-bit model computes or saves, whatever the CPU."""
+    from finetune import modeling
+
+    recipe = load_recipe_dict(sft_recipe(tiny_qwen2, peft={"r": 4}, quantization=QUANT), tmp_path)
+    model = modeling.load_base_model(recipe["base_model"], recipe["stages"][0]["quantization"]).eval()
+    x = torch.randint(5, 500, (2, 10))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        first = model(x).logits
+        after = model.state_dict()  # reading the state dict is what undid bitsandbytes' CPU repacking
+        second = model(x).logits
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(first, second)
 
 
 def load_recipe_dict(recipe: dict, tmp_path):
@@ -142,6 +173,7 @@ def test_rerun_skips_finished_stage_and_refuses_changed_inputs(tiny_llama, write
     assert forced["sft"]["inputs_fingerprint"] != first["sft"]["inputs_fingerprint"]
 
 
+@pytest.mark.numerics
 def test_interrupted_stage_resumes_from_checkpoint_with_same_final_loss(tiny_llama, write_recipe, tmp_path):
     train = {"max_steps": 6, "save_strategy": "steps", "save_steps": 3, "save_total_limit": None}
     path = write_recipe(sft_recipe(tiny_llama, train=train))
@@ -156,6 +188,7 @@ def test_interrupted_stage_resumes_from_checkpoint_with_same_final_loss(tiny_lla
     assert resumed["train_metrics"]["train_loss"] > 0
     resumed_curve, straight_curve = losses(tmp_path / "b"), losses(tmp_path / "a")
     assert len(resumed_curve) == len(straight_curve) == 6  # steps 1-3 restored from the checkpoint's state
+    # Same kernels on both sides: equal to the bit on both kernel paths (measured 2026-11-29).
     assert abs(resumed_curve[-1] - straight_curve[-1]) < 1e-5, (resumed_curve, straight_curve)
 
 
