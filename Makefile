@@ -21,12 +21,13 @@ else
 LAUNCH := $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_PROCESSES) -m finetune.targets
 endif
 
-.PHONY: help install test demo lint tiny clean bench bench-eval recipes
+.PHONY: help install test demo demo-spread lint tiny clean bench bench-eval recipes
 
 help:
 	@echo "make install   venv + pinned dependencies (torch first, then the package, editable)"
 	@echo "make test      the offline test suite"
 	@echo "make demo      build tiny models, run the tiny recipe end to end, print EM/F1"
+	@echo "make demo-spread  the demo over 5 seeds x 2 CPU kernel paths: min/median/max per target (~15 min)"
 	@echo "make lint      ruff"
 	@echo "make bench     benchmarks B1-B5 on CPU (about 25 min on a 2-core machine; --quick: 5 min)"
 	@echo "make recipes   list every recipe target; make <recipe> runs it, make <recipe>-<stage> one stage"
@@ -48,11 +49,18 @@ tiny: $(TINY)
 models/tiny-%/tiny.json: $(STAMP)
 	$(BIN)/finetune tiny --arch $* --out models/tiny-$* --overwrite
 
+# The whole suite on this CPU's kernels, then the numerically sensitive tests again on the kernel path below
+# them (AVX2 where the CPU has AVX-512, plain SSE where it has AVX2): a tolerance or target that holds only on
+# this machine's kernels fails here, not on the next machine.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+	$(BIN)/python -m finetune.kernel_paths lower -- $(BIN)/python -m pytest -q -m numerics
 
 demo: $(STAMP) $(TINY)
 	$(BIN)/python -m finetune.demo
+
+demo-spread: $(STAMP) $(TINY)
+	$(BIN)/python -m finetune.bench.demo_spread
 
 bench: $(STAMP) $(TINY)
 	$(BIN)/python -m finetune.bench

@@ -67,3 +67,10 @@ def tiny_mistral(tmp_path_factory) -> Path:
     from finetune.tiny import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("models") / "tiny-mistral", "mistral", corpus=[DATA], vocab_size=2048)
+
+
+def pytest_report_header(config):
+    import torch
+
+    path = os.environ.get("FINETUNE_KERNEL_PATH", "native")
+    return f"cpu kernels: {path}, torch capability {torch.backends.cpu.get_cpu_capability()}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import REPO
 from test_pipelines import check_report
 
@@ -11,6 +12,7 @@ from finetune import demo
 from finetune.tiny import build_tiny
 
 
+@pytest.mark.numerics
 def test_demo_meets_its_targets_and_writes_its_report(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     model = build_tiny(tmp_path / "tiny-llama", "llama")  # exactly what `make tiny` builds
@@ -18,7 +20,7 @@ def test_demo_meets_its_targets_and_writes_its_report(tmp_path, monkeypatch, cap
     assert demo.main([f"base_model.path={model}", f"output_dir={run_dir}"]) == 0
     out = capsys.readouterr().out
     assert "| base |" in out and "| sft |" in out and "demo wall time" in out
-    assert "MISSED" not in out, out
+    assert "MISSED" not in out, out  # the learning targets; the wall-time line is never asserted
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     em = {stage: r["qa_heldout"]["exact"] for stage, r in results.items()}
     assert em["base"] < 5 and em["sft"] >= 50 and em["ppo"] >= em["sft"] and em["dpo"] >= em["sft"], em

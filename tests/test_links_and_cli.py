@@ -205,6 +205,7 @@ def _input_ids(tokenizer):
     return tokenizer("Context: Ada has a cat. Question: What animal does Ada have?", return_tensors="pt").input_ids
 
 
+@pytest.mark.numerics
 def test_merge_causal_lm_adapter(adapters, tiny_llama, tmp_path, capsys):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -229,9 +230,12 @@ def test_merge_causal_lm_adapter(adapters, tiny_llama, tmp_path, capsys):
         expected = load_adapter(base, adapters["CAUSAL_LM"]).eval()(ids).logits
         merged = AutoModelForCausalLM.from_pretrained(out).eval()(ids).logits
     assert (expected - plain).abs().max() > 1e-2, "the adapter must change the output for this test to mean much"
+    # Merging changes the order of the sums (W + BA, then x(W + BA) instead of xW + xBA). Measured on both
+    # kernel paths (AVX-512 and AVX2, 2026-11-29): 6.0e-7 at most; 1e-4 keeps 150x margin.
     torch.testing.assert_close(merged, expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.numerics
 def test_merge_seq_cls_adapter(adapters, tiny_llama, tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -251,6 +255,7 @@ def test_merge_seq_cls_adapter(adapters, tiny_llama, tmp_path):
         expected = load_adapter(base, adapters["SEQ_CLS"]).eval()(ids).logits
         merged_model = AutoModelForSequenceClassification.from_pretrained(out).eval()
         merged = merged_model(ids).logits
+    # Measured on both kernel paths (AVX-512 and AVX2, 2026-11-29): 1.2e-7 at most.
     assert merged.shape == (1, 1) and merged_model.config.pad_token_id is not None
     torch.testing.assert_close(merged, expected, atol=1e-4, rtol=0)
 

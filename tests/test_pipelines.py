@@ -72,6 +72,7 @@ def final_loss(run_dir):
     return [r for r in rows if "loss" in r][-1]
 
 
+@pytest.mark.numerics
 def test_sigkill_mid_stage_then_rerun_resumes_and_matches_uninterrupted(tiny_llama, write_recipe, tmp_path):
     train = {"max_steps": 60, "save_strategy": "steps", "save_steps": 5, "save_total_limit": None,
              "per_device_train_batch_size": 4}
@@ -98,4 +99,4 @@ def test_sigkill_mid_stage_then_rerun_resumes_and_matches_uninterrupted(tiny_lla
     assert straight.returncode == 0, straight.stderr[-2000:]
     a, b = final_loss(killed), final_loss(tmp_path / "straight")
     assert a["step"] == b["step"] == 60
-    assert abs(a["loss"] - b["loss"]) < 1e-5, (a, b)
+    assert abs(a["loss"] - b["loss"]) < 1e-5, (a, b)  # same kernels both sides: 0.0 on both paths (2026-11-29)

@@ -125,6 +125,7 @@ def test_online_rl_against_the_reward_model(tiny_llama, write_recipe, tmp_path, 
     assert out["init"]["reward_model"].endswith("reward/model")
 
 
+@pytest.mark.numerics
 def test_lora_sft_merged_for_next_stage_equals_base_plus_adapter(tiny_llama, write_recipe, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -139,5 +140,6 @@ def test_lora_sft_merged_for_next_stage_equals_base_plus_adapter(tiny_llama, wri
         a = AutoModelForCausalLM.from_pretrained(merged)(x).logits
         b = load_adapter(AutoModelForCausalLM.from_pretrained(tiny_llama), out["artifact"]["model"])(x).logits
         base = AutoModelForCausalLM.from_pretrained(tiny_llama)(x).logits
+    # Merged weights sum in another order: 4.8e-7 at most on both kernel paths (AVX-512, AVX2; 2026-11-29).
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     assert not torch.allclose(a, base, atol=1e-3)
