@@ -17,6 +17,7 @@ path, and torch, MKL and oneDNN each read theirs at start-up:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import subprocess
 import sys
@@ -45,10 +46,11 @@ def native_env() -> dict:
     return {k: v for k, v in os.environ.items() if k not in VARIABLES}
 
 
+@functools.cache
 def paths() -> dict[str, dict]:
     """{'native': env, 'lower': env} for this CPU; 'lower' is absent where no path below exists (DEFAULT).
 
-    Each env is a full environment for a child process. Raises RuntimeError if torch ignores the variables
+    Each env is a full environment for a child process (read it, don't change it: the result is cached). Raises RuntimeError if torch ignores the variables
     (the lower path would silently be the native one, and the second run would prove nothing).
     """
     base = native_env()
