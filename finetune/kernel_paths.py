@@ -12,6 +12,10 @@ path, and torch, MKL and oneDNN each read theirs at start-up:
 
     python -m finetune.kernel_paths                   # this CPU's path and the one below it
     python -m finetune.kernel_paths lower -- CMD ...  # run CMD on the path below this CPU's
+
+Variables already set count as the machine's own path: with `ATEN_CPU_CAPABILITY=avx2
+MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2` an AVX-512 machine acts as an AVX2 one throughout,
+`make test` included, and its lower path is then torch's plain kernels.
 """
 
 from __future__ import annotations
@@ -41,19 +45,17 @@ def capability(env: dict | None = None) -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def native_env() -> dict:
-    """This process's environment without any of the three path variables: the CPU's own kernels."""
-    return {k: v for k, v in os.environ.items() if k not in VARIABLES}
-
-
 @functools.cache
 def paths() -> dict[str, dict]:
-    """{'native': env, 'lower': env} for this CPU; 'lower' is absent where no path below exists (DEFAULT).
+    """{'native': env, 'lower': env}; 'lower' is absent where no path below exists (DEFAULT).
 
-    Each env is a full environment for a child process (read it, don't change it: the result is cached). Raises RuntimeError if torch ignores the variables
-    (the lower path would silently be the native one, and the second run would prove nothing).
+    'native' is this process's environment as it is: the CPU's own kernels, or the path a caller chose with
+    the variables (`ATEN_CPU_CAPABILITY=avx2 ...` makes an AVX-512 machine act as an AVX2 one, and 'lower'
+    is then the path below AVX2). Each env is a full environment for a child process (read it, don't change
+    it: the result is cached). Raises RuntimeError if torch ignores the variables (the lower path would
+    silently be the native one, and the second run would prove nothing).
     """
-    base = native_env()
+    base = dict(os.environ)
     native = capability(base)
     found = {"native": {**base, "FINETUNE_KERNEL_PATH": f"native ({native})"}}
     if native in LOWER:
@@ -63,7 +65,7 @@ def paths() -> dict[str, dict]:
         if got != want:
             raise RuntimeError(f"ATEN_CPU_CAPABILITY={LOWER[native]['ATEN_CPU_CAPABILITY']} gave torch "
                                f"capability {got}, not {want}")
-        found["lower"] = {**env, "FINETUNE_KERNEL_PATH": f"lower ({got}, below this CPU's {native})"}
+        found["lower"] = {**env, "FINETUNE_KERNEL_PATH": f"lower ({got}, below {native})"}
     return found
 
 

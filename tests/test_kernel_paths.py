@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -20,9 +21,15 @@ def test_lower_path_is_below_the_native_one_and_torch_takes_it():
     assert kernel_paths.capability(lower) == kernel_paths.EXPECTED[lower["ATEN_CPU_CAPABILITY"]] != native
 
 
-def test_native_path_drops_variables_set_by_the_caller(monkeypatch):
-    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")
-    assert "ATEN_CPU_CAPABILITY" not in kernel_paths.native_env()
+def test_a_callers_path_is_the_native_one_and_lower_goes_below_it():
+    """ATEN_CPU_CAPABILITY=avx2 ... makes an AVX-512 machine act as an AVX2 one, whose lower path is plain."""
+    if kernel_paths.capability() != "AVX512":
+        return  # only an AVX-512 machine can act as an AVX2 one
+    probe = ("from finetune import kernel_paths as k; p = k.paths(); "
+             "print(k.capability(p['native']), k.capability(p['lower']))")
+    out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **kernel_paths.LOWER["AVX512"]},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["AVX2", "DEFAULT"]
 
 
 def test_run_a_command_on_the_lower_path():
