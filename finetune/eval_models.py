@@ -8,7 +8,7 @@ from pathlib import Path
 
 from finetune import modeling
 from finetune.errors import UserError
-from finetune.evaluation import evaluate_task, load_task, results_table
+from finetune.evaluation import check_task, evaluate_task, load_task, results_table
 from finetune.manifest import read_json, write_json_atomic
 from finetune.pipeline import log
 
@@ -78,6 +78,8 @@ def write_summary(results: dict[str, dict[str, dict]], out_root: Path) -> str:
 
 def cmd_eval(args) -> int:
     """`finetune eval MODEL_OR_RUN --task T [--task T2]`."""
+    for task in args.task:  # a bad task or row fails before any model loads
+        check_task(task)
     found = targets(args.model)
     out_root = Path(args.output_dir) if args.output_dir else (
         Path(args.model) / "eval" if len(found) > 1 else Path("runs") / "eval" / Path(args.model).name)

@@ -7,15 +7,14 @@ SQuAD layout and scored by finetune.squad, so the numbers are the official scrip
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import random
 import time
 from pathlib import Path
 
-import yaml
-
-from finetune import squad
+from finetune import squad, userfiles
 from finetune.errors import UserError
 
 TASK_DIR = Path(__file__).resolve().parent.parent / "eval" / "tasks"
@@ -32,7 +31,9 @@ def load_task(name_or_path: str) -> dict:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in TASK_DIR.glob("*.yaml")))
         raise UserError(f"eval task '{name_or_path}' not found (tasks: {known}, or a .yaml path)")
-    spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    spec = userfiles.read_yaml(path, "eval task") or {}
+    if not isinstance(spec, dict):
+        raise UserError(f"{path}: an eval task must be a YAML mapping, got {type(spec).__name__}")
     unknown = set(spec) - TASK_KEYS
     if unknown:
         raise UserError(f"{path}: unknown task key(s) {sorted(unknown)}; known: {sorted(TASK_KEYS)}")
@@ -43,6 +44,7 @@ def load_task(name_or_path: str) -> dict:
     for key in ("data", "prompt"):
         if not task.get(key):
             raise UserError(f"{path}: `{key}` is required")
+    _check_task_types(path, task)
     if task["metric"] not in ("squad_v1", "squad_v2"):
         raise UserError(f"{path}: metric must be squad_v1 or squad_v2, got {task['metric']!r}")
     if task["format"] not in FORMATS:
@@ -55,6 +57,53 @@ def load_task(name_or_path: str) -> dict:
             local = TASK_DIR.parents[1] / str(task[key] or "")
             if task[key] and not Path(task[key]).is_absolute() and local.is_file():
                 task[key] = str(local)
+    return task
+
+
+# key -> (what it must be, check); a string where a list is meant would be read letter by letter.
+_TASK_TYPES = {
+    "name": ("a string", lambda v: isinstance(v, str)),
+    "data": ("a path or dataset id (string)", lambda v: isinstance(v, str)),
+    "split": ("a string", lambda v: isinstance(v, str)),
+    "subset": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "prompt": ("a string", lambda v: isinstance(v, str)),
+    "chat_template": ("true or false", lambda v: isinstance(v, bool)),
+    "few_shot": ("a whole number >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "few_shot_data": ("a path (string) or null", lambda v: v is None or isinstance(v, str)),
+    "stop": ("a list of non-empty strings", lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v)),
+    "max_new_tokens": ("a whole number >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "abstain": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "system": ("a string or null", lambda v: v is None or isinstance(v, str)),
+}
+PROMPT_FIELDS = ("context", "question")  # what every format provides to the prompt template
+
+
+def _check_task_types(path: Path, task: dict) -> None:
+    """Every task field's type, and the prompt's placeholders against the fields the rows provide."""
+    import string
+
+    for key, (what, ok) in _TASK_TYPES.items():
+        if not ok(task[key]):
+            raise UserError(f"{path}: {key}: must be {what}, got {task[key]!r}")
+    try:
+        names = [field for _, field, _, _ in string.Formatter().parse(task["prompt"]) if field is not None]
+    except ValueError as e:
+        raise UserError(f"{path}: prompt: {e} (write a literal brace as {{{{ or }}}})") from None
+    for field in names:
+        if field not in PROMPT_FIELDS:
+            hint = difflib.get_close_matches(field, PROMPT_FIELDS, n=1)
+            raise UserError(f"{path}: prompt: unknown placeholder {{{field}}}; the rows provide "
+                            f"{', '.join('{' + f + '}' for f in PROMPT_FIELDS)}"
+                            + (f"; did you mean {{{hint[0]}}}?" if hint else ""))
+
+
+def check_task(name_or_path: str) -> dict:
+    """Load a task and read its local data files (rows and few-shot rows), so that a bad task or row fails
+    before any model loads or trains. Hub datasets are checked when the evaluation reads them."""
+    task = load_task(name_or_path)
+    for key, split in (("data", task["split"]), ("few_shot_data", "train")):
+        if task[key] and Path(task[key]).is_file():
+            _read_rows(task[key], task["format"], split, task["subset"])
     return task
 
 
@@ -79,12 +128,21 @@ def _read_rows(path: str, fmt: str, split: str = "validation", subset: str | Non
         if fmt == "squad_json" or not HUB_ID.match(path) or p.suffix:
             raise UserError(f"eval data '{path}' not found")
         return _rows_from_records(_hub_rows(path, subset, split), fmt, path)
-    text = p.read_text(encoding="utf-8")
+    text = userfiles.read_text(p, "eval data")
     if fmt == "squad_json":
-        return [{"id": qa["id"], "context": para["context"], "question": qa["question"],
-                 "golds": [a["text"] for a in qa.get("answers", [])], "impossible": bool(qa.get("is_impossible"))}
-                for article in squad.load_squad_dataset(str(p)) for para in article["paragraphs"]
-                for qa in para["qas"]]
+        rows = []
+        for a, article in enumerate(squad.load_squad_dataset(str(p))):
+            for paragraph in _items(article, "paragraphs", path, a):
+                for q, qa in enumerate(_items(paragraph, "qas", path, a)):
+                    where = f"article {a}, question {qa.get('id', q) if isinstance(qa, dict) else q}"
+                    try:
+                        rows.append({"id": qa["id"], "context": paragraph["context"], "question": qa["question"],
+                                     "golds": [x["text"] for x in qa.get("answers", [])],
+                                     "impossible": bool(qa.get("is_impossible"))})
+                    except (KeyError, TypeError, AttributeError) as e:
+                        raise UserError(f"{path}: {where}: missing or malformed field {e}") from None
+                    _check_row(rows[-1], path, where)
+        return rows
     try:
         records = json.loads(text) if text.lstrip().startswith("[") else [
             json.loads(line) for line in text.splitlines() if line.strip()]
@@ -98,16 +156,38 @@ def _rows_from_records(records: list[dict], fmt: str, path: str) -> list[dict]:
     for i, r in enumerate(records):
         try:
             if fmt == "hf_rows":
-                golds = list(r["answers"]["text"])
-                rows.append({"id": str(r["id"]), "context": r["context"], "question": r["question"],
-                             "golds": golds, "impossible": not golds})
+                golds = r["answers"]["text"]  # a bare string here would be scored letter by letter
+                rows.append({"id": r["id"], "context": r["context"], "question": r["question"],
+                             "golds": golds, "impossible": isinstance(golds, list) and not golds})
             else:
                 answers = r["answer"] if isinstance(r["answer"], list) else [r["answer"]]
-                rows.append({"id": str(r.get("id", i)), "context": r.get("context", ""),
+                rows.append({"id": r.get("id", i), "context": r.get("context", ""),
                              "question": r["question"], "golds": answers, "impossible": False})
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, AttributeError) as e:
             raise UserError(f"{path}: row {i}: missing or malformed field {e} for format {fmt}") from None
+        _check_row(rows[-1], path, f"row {i}")
     return rows
+
+
+def _items(parent, key: str, path: str, article: int) -> list:
+    """A SQuAD JSON list field (paragraphs, qas), or one line naming where it is missing."""
+    value = parent.get(key) if isinstance(parent, dict) else None
+    if not isinstance(value, list):
+        raise UserError(f"{path}: article {article}: `{key}` must be a list, got {type(value).__name__}")
+    return value
+
+
+def _check_row(row: dict, path: str, where: str) -> None:
+    """Types a question needs before any generation runs: text context and question, text answers."""
+    if not isinstance(row["question"], str) or not row["question"].strip():
+        raise UserError(f"{path}: {where}: `question` must be non-empty text, got {row['question']!r}")
+    if not isinstance(row["context"], str):
+        raise UserError(f"{path}: {where}: `context` must be text, got {row['context']!r}")
+    if not isinstance(row["golds"], list) or not all(isinstance(g, str) for g in row["golds"]):
+        raise UserError(f"{path}: {where}: answers must be a list of texts, got {row['golds']!r}")
+    if isinstance(row["id"], bool) or not isinstance(row["id"], str | int):
+        raise UserError(f"{path}: {where}: `id` must be text or a number, got {row['id']!r}")
+    row["id"] = str(row["id"])
 
 
 def _official_layout(rows: list[dict]) -> list:
@@ -120,6 +200,10 @@ def _official_layout(rows: list[dict]) -> list:
 
 def build_prompts(task: dict, rows: list[dict], tokenizer) -> list[str]:
     """Render every question (with k shots from the few-shot split) as the text the model continues."""
+    if task["chat_template"] and not getattr(tokenizer, "chat_template", None):
+        raise UserError(f"eval task {task['name']}: chat_template: true, but the model's tokenizer has no chat "
+                        "template; set base_model.chat_template to a .jinja file, or use a task with "
+                        "chat_template: false")
     shots_pool = _read_rows(task["few_shot_data"], task["format"], "train", task["subset"]) if task["few_shot"] else []
     rng = random.Random(0)
     prompts = []

@@ -15,39 +15,11 @@ from typing import Any
 
 import yaml
 
-from finetune import schema
+from finetune import schema, userfiles
 from finetune.errors import UserError
 from finetune.schema import REQUIRED, Key, ListOf, MapOf, Section
 from finetune.trl_fields import check_value_type, config_class_name, config_fields
-
-
-class RecipeLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 scalars: `2e-5` is a float, and only true/false are booleans.
-
-    YAML 1.1 reads `2e-5` as a string and `off`/`no`/`yes`/`on` as booleans, so `pii: off` would be False.
-    """
-
-
-RecipeLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-RecipeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml(text: str):
-    return yaml.load(text, Loader=RecipeLoader)
-
+from finetune.userfiles import parse_yaml
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
@@ -59,20 +31,8 @@ def did_you_mean(word: str, options) -> str:
 
 
 def read_yaml(path: Path) -> dict:
-    """Read one YAML mapping, turning every failure into a one-line error."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: recipe file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot read recipe ({e.__class__.__name__}: {e})") from None
-    try:
-        data = parse_yaml(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
+    """Read one recipe YAML mapping (finetune.userfiles's rules), turning every failure into a one-line error."""
+    data = userfiles.read_yaml(path, "recipe file")
     if data is None:
         raise UserError(f"{path}: recipe is empty")
     if not isinstance(data, dict):
@@ -258,6 +218,11 @@ def validate(raw: dict, file: str) -> dict:
             _check_local_path(bm[k], f"base_model.{k}", file, "tokenizer")
     if bm["chat_template"] and not Path(bm["chat_template"]).is_file():
         raise UserError(f"{file}: base_model.chat_template: file '{bm['chat_template']}' not found")
+    if bm["chat_template"]:
+        try:
+            userfiles.read_text(bm["chat_template"], "chat template")
+        except UserError as e:
+            raise UserError(f"{file}: base_model.chat_template: {e}") from None
     for name, src in recipe["data"].items():
         _check_local_path(src["path"], f"data.{name}.path", file, "data")
         for col in src["columns"]:
@@ -294,9 +259,15 @@ def validate(raw: dict, file: str) -> dict:
         _check_train_block(stage["kind"], stage["train"], f"{key}.train", file)
     _resolve_stage_links(recipe["stages"], file)
     if recipe["eval"]:
+        from finetune.evaluation import check_task
+
         for j, task in enumerate(recipe["eval"]["tasks"]):
             if task.endswith((".yaml", ".yml")) and not Path(task).is_file():
                 raise UserError(f"{file}: eval.tasks[{j}]: task file '{task}' not found")
+            try:  # a misspelt task or a bad row fails here, not after every stage has trained
+                check_task(task)
+            except UserError as e:
+                raise UserError(f"{file}: eval.tasks[{j}]: {e}") from None
     return recipe
 
 

@@ -56,8 +56,16 @@ def case(case_id: str, content: str | dict[str, str], *fragments: str):
 
 
 def top(body: str) -> str:
-    """GOOD plus top-level YAML lines (a key repeated here wins, as YAML keeps the last one)."""
-    return GOOD + dedent(body)
+    """GOOD with top-level YAML lines: a top-level key given here replaces GOOD's (a repeated key is an error)."""
+    body = dedent(body)
+    given = {line.split(":", 1)[0] for line in body.splitlines() if line[:1].isalpha() and ":" in line}
+    kept, skipping = [], False
+    for line in GOOD.splitlines(keepends=True):
+        if line[:1].isalpha():
+            skipping = line.split(":", 1)[0] in given
+        if not skipping:
+            kept.append(line)
+    return "".join(kept) + body
 
 
 BAD_RECIPES = [
@@ -67,6 +75,16 @@ BAD_RECIPES = [
     case("malformed-yaml-tab", "seed: 1\nbase_model:\n\tpath: $MODEL\n", "malformed YAML at line 3", "'\\t'"),
     case("empty-file", "", "recipe is empty"),
     case("only-comments", "# nothing here\n", "recipe is empty"),
+    # --- YAML quirks: a repeated key would silently win; pathological structure would crash the parser
+    case("duplicate-top-level-key", GOOD + "seed: 1\nseed: 2\n", "duplicate key 'seed' (lines 8 and 9)"),
+    case("duplicate-train-key", stage("train: {learning_rate: 0.1, learning_rate: 0.2}"),
+         "duplicate key 'learning_rate' (lines 8 and 8)"),
+    case("duplicate-data-source", GOOD.replace("  chat: {path: $CHAT}\n", "  chat: {path: $CHAT}\n  chat: {path: x.json}\n"),
+         "duplicate key 'chat' (lines 4 and 5)"),
+    case("deep-nesting", GOOD + "seed: " + "[" * 5000 + "]" * 5000 + "\n", "malformed YAML", "nesting"),
+    case("alias-bomb", GOOD + "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefg", "bcdefgh", strict=True)),
+        "malformed YAML", "aliases are expanded"),
     case("top-level-list", "- base_model: {path: $MODEL}\n", "a recipe must be a YAML mapping, got list"),
     case("top-level-scalar", "just some words\n", "a recipe must be a YAML mapping, got str"),
     # --- required sections and keys
@@ -197,6 +215,23 @@ def test_bad_recipe_gives_one_line_error(content, fragments, tmp_path, capsys, m
     assert_one_line_error(rc, out, err, recipe, fragments)
 
 
+def test_recipe_that_is_not_utf8_names_the_byte(tmp_path, capsys):
+    recipe = tmp_path / "latin1.yaml"
+    recipe.write_bytes(_fill(GOOD, tmp_path).encode() + "# caf\u00e9\n".encode("latin-1"))
+    rc, out, err = validate_cli(capsys, recipe)
+    assert_one_line_error(rc, out, err, recipe, ["not UTF-8: byte 0xe9 at offset", "(line 8)"])
+
+
+def test_merge_keys_still_override(tmp_path, capsys):
+    recipe = tmp_path / "merge.yaml"
+    text = GOOD.replace("stages:", "defaults: &d {learning_rate: 0.1, max_steps: 2}\nstages:")
+    text = text.replace("    data: [chat]\n", "    data: [chat]\n    train: {<<: *d, learning_rate: 0.2}\n")
+    recipe.write_text(_fill(text.replace("defaults:", "x-defaults:"), tmp_path), encoding="utf-8")
+    from finetune.userfiles import read_yaml
+
+    assert read_yaml(recipe)["stages"][0]["train"] == {"learning_rate": 0.2, "max_steps": 2}
+
+
 def test_corpus_sanity(tmp_path, monkeypatch):
     """Sanity of the corpus itself: GOOD (and stage()/top() with harmless bodies) validate."""
     monkeypatch.chdir(tmp_path)
@@ -230,7 +265,7 @@ def parent_recipe(model: Path) -> dict:
         "data": {"chat": {"path": str(CHAT)}, "alpaca": {"path": str(ALPACA)}},
         "stages": [{"name": "sft", "kind": "sft", "data": {"chat": 3, "alpaca": 1},
                     "peft": {"r": 8}, "train": {"learning_rate": 1.0e-3, "max_steps": 4}}],
-        "eval": {"tasks": ["squad_tiny"], "limit": 5},
+        "eval": {"tasks": ["squad_v1_tiny"], "limit": 5},
     }
 
 
@@ -242,7 +277,7 @@ def test_extends_deep_merges(tmp_path, monkeypatch):
         "base_model": {"dtype": "bfloat16"},
         "stages": [{"name": "sft", "train": {"max_steps": 9}},
                    {"name": "prefs", "kind": "dpo", "data": ["chat"], "train": {"beta": 0.2}}],
-        "eval": {"tasks": ["other"]},
+        "eval": {"tasks": ["squad_v2_tiny"]},
     })
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -258,7 +293,7 @@ def test_extends_deep_merges(tmp_path, monkeypatch):
     assert sft["train"] == {"learning_rate": 1.0e-3, "max_steps": 9}
     assert sft["peft"]["r"] == 8 and sft["data"] == {"chat": 3.0, "alpaca": 1.0}
     assert prefs["train"] == {"beta": 0.2} and prefs["peft"] is None
-    assert r["eval"]["tasks"] == ["other"], "non-stage lists are replaced, not concatenated"
+    assert r["eval"]["tasks"] == ["squad_v2_tiny"], "non-stage lists are replaced, not concatenated"
     assert r["eval"]["limit"] == 5
     assert r.get("extends") is None, "extends is consumed while loading"
     assert r["name"] == "child", "name defaults to the child's file stem, not the parent's"
