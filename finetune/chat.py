@@ -9,7 +9,9 @@ from finetune.errors import UserError
 
 def cmd_merge(args) -> int:
     from finetune.artifacts import merge_adapter, resolve_target
+    from finetune.runlock import refuse_if_being_written
 
+    refuse_if_being_written(args.source)
     model_dir, _ = resolve_target(args.source)
     if not (model_dir / "adapter_config.json").exists():
         raise UserError(f"{args.source}: holds a full model, not an adapter; nothing to merge")

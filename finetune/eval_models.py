@@ -11,6 +11,7 @@ from finetune.errors import UserError
 from finetune.evaluation import check_task, evaluate_task, load_task, results_table
 from finetune.manifest import read_json, write_json_atomic
 from finetune.pipeline import log
+from finetune.runlock import refuse_if_being_written
 
 
 def targets(path: str) -> list[tuple[str, Path, dict | None]]:
@@ -80,6 +81,7 @@ def cmd_eval(args) -> int:
     """`finetune eval MODEL_OR_RUN --task T [--task T2]`."""
     for task in args.task:  # a bad task or row fails before any model loads
         check_task(task)
+    refuse_if_being_written(args.model)
     found = targets(args.model)
     out_root = Path(args.output_dir) if args.output_dir else (
         Path(args.model) / "eval" if len(found) > 1 else Path("runs") / "eval" / Path(args.model).name)

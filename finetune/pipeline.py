@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -12,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from finetune import manifest as mf
+from finetune import runlock
 from finetune.errors import UserError
 from finetune.schema import POLICY_KINDS, RUNNABLE_KINDS
 
@@ -83,6 +85,11 @@ def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = N
             _stage_runner(stage["kind"])  # raises the clear error before any training
     mf.claim_run_dir(run_dir, recipe["name"], write=_is_main_process())
     _state().wait_for_everyone()
+    with runlock.hold(run_dir, log) if _is_main_process() else contextlib.nullcontext():
+        return _run_stages(recipe, run_dir, only, force)
+
+
+def _run_stages(recipe: dict, run_dir: Path, only: str | None, force: bool) -> dict:
     if _is_main_process():
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump({k: v for k, v in recipe.items() if k != "source"},
                                                              sort_keys=False))
