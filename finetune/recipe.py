@@ -262,6 +262,8 @@ def validate(raw: dict, file: str) -> dict:
         from finetune.evaluation import check_task
 
         for j, task in enumerate(recipe["eval"]["tasks"]):
+            if not isinstance(task, str) or not task.strip():
+                raise UserError(f"{file}: eval.tasks[{j}]: name a task or give a task .yaml path, got {task!r}")
             if task.endswith((".yaml", ".yml")) and not Path(task).is_file():
                 raise UserError(f"{file}: eval.tasks[{j}]: task file '{task}' not found")
             try:  # a misspelt task or a bad row fails here, not after every stage has trained
