@@ -59,6 +59,33 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: dict
     return out
 
 
+def quantised_merge_gap(adapter_dir: str | Path, merged_dir: str | Path, quant: dict,
+                        probe: str = "Context: The river runs to the sea.\nQuestion: Where does the river run?") -> dict:
+    """How far a merged QLoRA model is from the 4-bit model that was trained and evaluated.
+
+    The adapter learned on NF4-dequantised weights; merging adds it to the unquantised ones, so the shipped
+    model is not the evaluated one. Returns {"max_abs": largest logit difference on the probe text's tokens,
+    "top1_agree": share of positions whose most likely next token is the same, "tokens": probe length}.
+    """
+    import torch
+
+    adapter_dir = Path(adapter_dir)
+    bm = {**modeling.BASE_MODEL_DEFAULTS, "path": adapter_base(adapter_dir)}
+    auto_class, kwargs = _head_for(adapter_dir)
+    tokenizer = modeling.load_tokenizer({**bm, "path": str(adapter_dir)})
+    ids = tokenizer(probe, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        quantised = modeling.load_adapter(modeling.load_base_model(bm, quant, auto_class=auto_class, **kwargs),
+                                          adapter_dir).eval()
+        a = quantised(ids.to(quantised.device)).logits.float().cpu()
+        del quantised
+        merged = modeling.load_base_model({**bm, "path": str(merged_dir)}, None, path=str(merged_dir),
+                                          auto_class=auto_class, **kwargs).eval()
+        b = merged(ids).logits.float()
+    return {"max_abs": float((a - b).abs().max()), "tokens": int(ids.shape[1]),
+            "top1_agree": float((a.argmax(-1) == b.argmax(-1)).float().mean())}
+
+
 def full_model_dir(artifact: dict, base_model: dict | None = None) -> Path:
     """A folder holding a full model for this artifact: the model itself, or its adapter merged (cached)."""
     model_dir = Path(artifact["model"])

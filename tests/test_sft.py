@@ -150,11 +150,20 @@ def load_recipe_dict(recipe: dict, tmp_path):
     return load_recipe(path)
 
 
-def test_qlora_pipeline_end_to_end(tiny_qwen2, write_recipe, tmp_path):
-    recipe = sft_recipe(tiny_qwen2, peft={"r": 4}, quantization=QUANT, train={"max_steps": 3})
+def test_qlora_pipeline_end_to_end_and_merge_says_the_merged_model_differs(tiny_qwen2, write_recipe, tmp_path,
+                                                                          capsys):
+    recipe = sft_recipe(tiny_qwen2, peft={"r": 4}, quantization=QUANT, train={"max_steps": 3, "learning_rate": 1e-2})
     out = run_recipe(load_recipe(write_recipe(recipe)), output_dir=str(tmp_path / "run"))
     assert out["sft"]["artifact"]["adapter"] and out["sft"]["artifact"]["quantization"]["bits"] == 4
     assert (tmp_path / "run" / "sft" / "model" / "adapter_model.safetensors").exists()
+    from finetune.cli import main
+
+    capsys.readouterr()
+    assert main(["merge", str(tmp_path / "run" / "sft"), str(tmp_path / "merged")]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "trained on a 4-bit base" in notes[0], notes
+    gap = float(notes[0].split("differ by up to ")[1].split()[0])
+    assert gap > 0  # NF4 weights vs their full-precision originals: never the same logits
 
 
 def test_rerun_skips_finished_stage_and_refuses_changed_inputs(tiny_llama, write_recipe, tmp_path, capsys):
