@@ -38,6 +38,8 @@ def cmd_tiny(args) -> int:
     from finetune.tiny import DEFAULT_CORPUS_DIRS, build_tiny
 
     sizes = {k: v for k, v in (("hidden", args.hidden), ("layers", args.layers)) if v is not None}
+    if sizes.get("hidden", 128) % 4:
+        raise UserError(f"--hidden {args.hidden}: must be a multiple of 4 (the tiny models have 4 attention heads)")
     out = build_tiny(args.out, args.arch, corpus=args.corpus or DEFAULT_CORPUS_DIRS,
                      vocab_size=args.vocab_size, seed=args.seed, overwrite=args.overwrite, **sizes)
     print(f"built tiny {args.arch} model in {out}")
@@ -52,6 +54,17 @@ def _lazy_eval_parser(sub) -> None:
     add_eval_parser(sub)
     add_parsers(sub)
     add_audit_parser(sub)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (batch sizes, limits, sizes); anything else is a usage error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,9 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to save the model in")
     p.add_argument("--corpus", nargs="*", help="text/JSON files or folders to train the tokenizer on "
                    "(default: recipes/data; never evaluation data)")
-    p.add_argument("--vocab-size", type=int, default=4096)
-    p.add_argument("--hidden", type=int, help="hidden size (default 128)")
-    p.add_argument("--layers", type=int, help="number of layers (default 2)")
+    p.add_argument("--vocab-size", type=positive_int, default=4096)
+    p.add_argument("--hidden", type=positive_int, help="hidden size, a multiple of 4 (default 128)")
+    p.add_argument("--layers", type=positive_int, help="number of layers (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="rebuild a tiny model that is already there")
     p.set_defaults(func=cmd_tiny)

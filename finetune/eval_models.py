@@ -96,12 +96,14 @@ def cmd_eval(args) -> int:
 
 
 def add_eval_parser(sub) -> None:
+    from finetune.cli import positive_int
+
     p = sub.add_parser("eval", help="generate answers and score them SQuAD-style (EM/F1)")
     p.add_argument("model", help="model folder, adapter folder, a run's stage folder, or a whole run folder")
     p.add_argument("--task", action="append", required=True, help="task name (eval/tasks/<name>.yaml) or path; "
                    "repeat for several")
     p.add_argument("--output-dir", help="where predictions.jsonl, results.json and results.md go")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--limit", type=int, help="score at most this many questions per task")
-    p.add_argument("--max-new-tokens", type=int, help="override the task's max_new_tokens")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--limit", type=positive_int, help="score at most this many questions per task")
+    p.add_argument("--max-new-tokens", type=positive_int, help="override the task's max_new_tokens")
     p.set_defaults(func=cmd_eval)

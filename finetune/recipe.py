@@ -176,6 +176,8 @@ def _check(spec: Any, value: Any, key: str, file: str) -> Any:
     if spec.choices and value not in spec.choices:
         hint = did_you_mean(str(value), [str(c) for c in spec.choices])
         raise UserError(f"{file}: {key}: '{value}' is not one of {', '.join(map(str, spec.choices))}{hint}")
+    if spec.minimum is not None and value < spec.minimum:
+        raise UserError(f"{file}: {key}: must be at least {spec.minimum:g}, got {value!r}")
     return value
 
 

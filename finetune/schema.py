@@ -20,6 +20,7 @@ class Key:
     default: Any = None
     help: str = ""
     choices: tuple[Any, ...] | None = None
+    minimum: float | None = None  # smallest allowed number (counts and sizes: 1)
 
 
 @dataclass
@@ -74,12 +75,12 @@ DATA_SOURCE = Section({
     "split": Key((str,), "train", "split to read"),
     "subset": Key((str,), None, "hub dataset configuration name"),
     "revision": Key((str,), None, "hub dataset revision"),
-    "max_rows": Key((int,), None, "read at most this many rows (after a seeded shuffle)"),
+    "max_rows": Key((int,), None, "read at most this many rows (after a seeded shuffle)", minimum=1),
 })
 
 PEFT = Section({
     "method": Key((str,), "lora", "adapter type", ("lora", "dora", "rslora")),
-    "r": Key((int,), 16, "adapter rank"),
+    "r": Key((int,), 16, "adapter rank", minimum=1),
     "alpha": Key((int, float), 32, "LoRA alpha (scaling = alpha / r, or alpha / sqrt(r) for rslora)"),
     "dropout": Key((int, float), 0.05, "dropout on the adapter input"),
     "target_modules": Key((str, list), "all-linear", "modules to adapt; all-linear = every linear but lm_head"),
@@ -109,7 +110,7 @@ STAGE = Section({
                 "policy stage (sft/dpo/ppo/rloo/grpo), or the base model for an sft stage"),
     "reward_model": Key((str,), None, "reward stage scoring ppo/rloo/grpo rollouts; default: the latest earlier one"),
     "eval_split": Key((int, float), 0, "held-out rows: a fraction (<1) or a count (>=1); 0 = none"),
-    "max_rows": Key((int,), None, "total training rows of the mixture (default: sum of the sources)"),
+    "max_rows": Key((int,), None, "total training rows of the mixture (default: sum of the sources)", minimum=1),
     "loss": Key((str,), "auto",
                 "auto: assistant-only for chat data, completion-only for prompt/completion, full for text",
                 ("auto", "assistant_only", "completion_only", "full")),
@@ -121,7 +122,7 @@ STAGE = Section({
 
 DATA_AUDIT = Section({
     "enabled": Key((bool,), True, "audit every data source before training (finetune audit runs it alone)"),
-    "ngram": Key((int,), 8, "n-gram length (in words) for the contamination check against eval tasks"),
+    "ngram": Key((int,), 8, "n-gram length (in words) for the contamination check against eval tasks", minimum=1),
     "max_contaminated_rows": Key((int,), None, "error when more training rows overlap an eval task (null: report)"),
     "max_duplicate_share": Key((int, float), None, "error above this share of duplicate rows (null: report)"),
     "pii": Key((str,), "warn", "PII findings (e-mails, phones, card numbers, API keys)", ("off", "warn", "error")),
@@ -132,9 +133,9 @@ DATA_AUDIT = Section({
 EVAL = Section({
     "tasks": ListOf(Key((str,)), "eval task specs: a name under eval/tasks/ or a .yaml path"),
     "base": Key((bool,), True, "also evaluate the untrained base model"),
-    "batch_size": Key((int,), 16, "generation batch size"),
-    "limit": Key((int,), None, "evaluate at most this many questions per task"),
-    "max_new_tokens": Key((int,), None, "override every task's max_new_tokens"),
+    "batch_size": Key((int,), 16, "generation batch size", minimum=1),
+    "limit": Key((int,), None, "evaluate at most this many questions per task", minimum=1),
+    "max_new_tokens": Key((int,), None, "override every task's max_new_tokens", minimum=1),
 })
 
 RECIPE = Section({

@@ -154,3 +154,22 @@ def test_chat_task_on_a_model_without_chat_template(tiny_llama, tmp_path, capsys
     err = err.strip().splitlines()[-1] + "\n"  # after the weight-loading progress bar: the one error line
     assert_one_line(rc, err, "chat_template: true, but the model's tokenizer has no chat template",
                     "set base_model.chat_template")
+
+
+@pytest.mark.parametrize("option, value", [("--batch-size", "0"), ("--batch-size", "-3"), ("--limit", "-1"),
+                                           ("--max-new-tokens", "0"), ("--limit", "ten")])
+def test_bad_eval_numbers_are_usage_errors(option, value, tmp_path, capsys):
+    """--batch-size 0 was a traceback after the model loaded; --limit -1 silently scored all but the last row."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", str(tmp_path), "--task", "squad_v1_tiny", option, value])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"finetune eval: error: argument {option}: expected a whole number "
+                                            f">= 1, got {value if value == 'ten' else int(value)}").replace(
+        "got ten", "got 'ten'")
+
+
+def test_tiny_hidden_size_not_a_multiple_of_the_heads(tmp_path, capsys):
+    rc, err = run(capsys, "tiny", "--out", str(tmp_path / "t"), "--hidden", "6")
+    assert_one_line(rc, err, "--hidden 6: must be a multiple of 4")
+    assert not (tmp_path / "t").exists()

@@ -75,6 +75,13 @@ BAD_RECIPES = [
     case("malformed-yaml-tab", "seed: 1\nbase_model:\n\tpath: $MODEL\n", "malformed YAML at line 3", "'\\t'"),
     case("empty-file", "", "recipe is empty"),
     case("only-comments", "# nothing here\n", "recipe is empty"),
+    # --- counts and sizes below 1
+    case("eval-batch-size-zero", top("eval: {tasks: [squad_v1_tiny], batch_size: 0}\n"),
+         "eval.batch_size: must be at least 1, got 0"),
+    case("eval-limit-negative", top("eval: {tasks: [squad_v1_tiny], limit: -1}\n"), "eval.limit: must be at least 1"),
+    case("lora-rank-zero", stage("peft: {r: 0}"), "stages[0].peft.r: must be at least 1, got 0"),
+    case("max-rows-zero", GOOD.replace("  chat: {path: $CHAT}", "  chat: {path: $CHAT, max_rows: 0}"),
+         "data.chat.max_rows: must be at least 1, got 0"),
     # --- YAML quirks: a repeated key would silently win; pathological structure would crash the parser
     case("duplicate-top-level-key", GOOD + "seed: 1\nseed: 2\n", "duplicate key 'seed' (lines 8 and 9)"),
     case("duplicate-train-key", stage("train: {learning_rate: 0.1, learning_rate: 0.2}"),
