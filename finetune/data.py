@@ -39,10 +39,20 @@ def _check_json_file(path: Path) -> None:
     if not text.strip():
         raise UserError(f"{path}: file is empty (no rows)")
     try:
-        json.loads(text)
-        return
+        document = json.loads(text)
     except json.JSONDecodeError as whole:
         document_error = whole
+    else:
+        # A bare `null` or number made pyarrow's JSON reader crash the process (a segfault, found by fuzzing).
+        if isinstance(document, list):
+            bad = next((i for i, row in enumerate(document) if not isinstance(row, dict)), None)
+            if bad is not None:
+                raise UserError(f"{path}: item {bad} of the JSON array must be an object (one row), got "
+                                f"{type(document[bad]).__name__}")
+        elif not isinstance(document, dict):
+            raise UserError(f"{path}: the file holds a JSON {type(document).__name__}; give an array of "
+                            "objects or JSON Lines (one object per line)")
+        return
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
