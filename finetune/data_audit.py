@@ -59,6 +59,19 @@ def _load(recipe: dict, name: str, purpose: str):
     return ds, norm, dropped, kind, "prompts"
 
 
+def _template_error(tok, convs: list, start: int, generation_prompt: bool) -> UserError:
+    """One line naming the first row (from `start`) the chat template fails to render, and why."""
+    for i in range(start, min(start + 256, len(convs))):
+        try:
+            tok.apply_chat_template(convs[i], tokenize=False, add_generation_prompt=generation_prompt)
+        except Exception as e:  # noqa: BLE001
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            roles = "/".join(m.get("role", "?") for m in convs[i])
+            return UserError(f"the chat template fails on data row {i} (roles {roles}): "
+                             f"{e.__class__.__name__}: {first}")
+    return UserError(f"the chat template fails on data rows {start}-{start + 255}")
+
+
 def _token_lengths(tok, norm, kind: str, purpose: str) -> tuple[list[int], str]:
     """Tokens per row as the trainer sees them: chat rows through the chat template, text as is."""
     chat_ok = tok.chat_template is not None
@@ -68,8 +81,11 @@ def _token_lengths(tok, norm, kind: str, purpose: str) -> tuple[list[int], str]:
             return text(["\n".join(f"{m['role']}: {m['content']}" for m in c) for c in convs])
         out = []
         for i in range(0, len(convs), 256):
-            enc = tok.apply_chat_template(convs[i:i + 256], tokenize=True, return_dict=True,
-                                          add_generation_prompt=generation_prompt)
+            try:
+                enc = tok.apply_chat_template(convs[i:i + 256], tokenize=True, return_dict=True,
+                                              add_generation_prompt=generation_prompt)
+            except Exception:  # noqa: BLE001 - a template's own code can raise anything: find the row
+                raise _template_error(tok, convs, i, generation_prompt) from None
             out += [len(ids) for ids in enc["input_ids"]]
         return out
 

@@ -32,7 +32,7 @@ def load_tokenizer(base_model: dict, source: str | None = None):
     except (OSError, ValueError) as e:
         raise _hub_error("tokenizer" if base_model["tokenizer"] else "path", path, e) from None
     if base_model["chat_template"]:
-        tok.chat_template = userfiles.read_text(base_model["chat_template"], "chat template")
+        tok.chat_template = userfiles.read_chat_template(base_model["chat_template"])
     if tok.pad_token is None:
         # Padding positions are masked by attention and labels, so reusing EOS as pad is safe in TRL's collators.
         if tok.eos_token is None:

@@ -222,7 +222,7 @@ def validate(raw: dict, file: str) -> dict:
         raise UserError(f"{file}: base_model.chat_template: file '{bm['chat_template']}' not found")
     if bm["chat_template"]:
         try:
-            userfiles.read_text(bm["chat_template"], "chat template")
+            userfiles.read_chat_template(bm["chat_template"])
         except UserError as e:
             raise UserError(f"{file}: base_model.chat_template: {e}") from None
     for name, src in recipe["data"].items():

@@ -130,3 +130,30 @@ def read_yaml(path: str | Path, what: str = "YAML file"):
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or (str(e).splitlines() or [e.__class__.__name__])[0]
         raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
+
+
+SAMPLE_CONVERSATION = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"},
+                       {"role": "user", "content": "And 3 + 3?"}, {"role": "assistant", "content": "6"}]
+
+
+def read_chat_template(path: str | Path) -> str:
+    """A `.jinja` chat template's text, checked the way training will use it: it must be UTF-8, compile as
+    Jinja (with the `{% generation %}` tag) and render a plain user/assistant conversation, with and without
+    a generation prompt. Raises UserError naming the file and, for syntax errors, the line.
+
+    Rendering goes through transformers' own `render_jinja_template`, the code `apply_chat_template` runs.
+    """
+    text = read_text(path, "chat template")
+    import jinja2
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    try:
+        for prompt in (False, True):
+            render_jinja_template([SAMPLE_CONVERSATION], chat_template=text, add_generation_prompt=prompt,
+                                  bos_token="<s>", eos_token="</s>")
+    except jinja2.TemplateSyntaxError as e:
+        raise UserError(f"{path}: chat template line {e.lineno}: {e.message}") from None
+    except Exception as e:  # noqa: BLE001 - a template's own code can raise anything while rendering
+        raise UserError(f"{path}: chat template fails on a plain user/assistant conversation "
+                        f"({e.__class__.__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+    return text

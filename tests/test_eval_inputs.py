@@ -173,3 +173,38 @@ def test_tiny_hidden_size_not_a_multiple_of_the_heads(tmp_path, capsys):
     rc, err = run(capsys, "tiny", "--out", str(tmp_path / "t"), "--hidden", "6")
     assert_one_line(rc, err, "--hidden 6: must be a multiple of 4")
     assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("template, fragment", [
+    ("{% for m in messages %}{{ m.content }{% endfor %}", "chat template line 1: unexpected '}'"),
+    ('{{ raise_exception("roles must alternate") }}', "fails on a plain user/assistant conversation "
+                                                      "(TemplateError: roles must alternate)"),
+    ("{% for m in messages %}{{ m.content.upper(1) }}{% endfor %}", "(TypeError: str.upper() takes no arguments"),
+], ids=["syntax", "raises", "type-error"])
+def test_broken_chat_template_fails_validate(template, fragment, tiny_llama, tmp_path, capsys):
+    """These passed validate and then trained into a misleading message or the audit child's traceback."""
+    (tmp_path / "t.jinja").write_text(template)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"base_model": {"path": str(tiny_llama), "chat_template": str(tmp_path / "t.jinja")},
+                                      "data": {"chat": {"path": str(REPO / "recipes/data/tiny_chat.jsonl")}},
+                                      "stages": [{"kind": "sft", "data": ["chat"]}]}))
+    rc, err = run(capsys, "validate", str(recipe))
+    assert_one_line(rc, err, "base_model.chat_template:", fragment)
+
+
+def test_chat_template_failing_on_one_data_row_names_it(tiny_llama, tmp_path, capsys):
+    """A template that renders user/assistant turns but breaks on a system turn: the run names the row."""
+    (tmp_path / "t.jinja").write_text(
+        "{% for m in messages %}{% if m.role == 'system' %}{{ m.content.upper(1) }}{% else %}{{ m.role }}: "
+        "{% if m.role == 'assistant' %}{% generation %}{{ m.content }}{% endgeneration %}{% else %}{{ m.content }}"
+        "{% endif %}\n{% endif %}{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "base_model": {"path": str(tiny_llama), "chat_template": str(tmp_path / "t.jinja")},
+        "data": {"chat": {"path": str(REPO / "recipes/data/tiny_chat.jsonl"), "max_rows": 16}},
+        "stages": [{"kind": "sft", "data": ["chat"], "train": {"max_steps": 1}}]}))
+    rc, err = run(capsys, "run", str(recipe), "--output-dir", str(tmp_path / "run"))
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1] + "\n"
+    assert_one_line(rc, line, "the chat template fails on data row", "(roles system/user/assistant)",
+                    "TypeError: str.upper() takes no arguments")

@@ -256,3 +256,26 @@ def test_json_documents_that_are_not_rows(raw, model_dir, tmp_path, monkeypatch)
     recipe = load_recipe(tmp_path / "r.yaml")
     with pytest.raises(UserError, match="(holds a JSON|must be an object)"):
         stage_data(recipe, recipe["stages"][0])
+
+
+# ---------------------------------------------------------------------------------------- chat templates
+TEMPLATE = (REPO / "recipes" / "templates" / "chatml_training.jinja").read_text()
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_chat_templates(data, tmp_path):
+    """A `.jinja` template: byte-level mutations, or a Jinja delimiter/keyword removed or doubled."""
+    from finetune.userfiles import read_chat_template
+
+    if data.draw(st.booleans()):
+        raw = data.draw(byte_level(TEMPLATE))
+    else:
+        token = data.draw(st.sampled_from(["{%", "%}", "{{", "}}", "endif", "endfor", "generation", "messages"]))
+        spots = [i for i in range(len(TEMPLATE)) if TEMPLATE.startswith(token, i)]
+        at = data.draw(st.sampled_from(spots))
+        raw = (TEMPLATE[:at] + (token * 2 if data.draw(st.booleans()) else "") + TEMPLATE[at + len(token):]).encode()
+    path = tmp_path / "t.jinja"
+    path.write_bytes(raw)
+    text = outcome(read_chat_template, path)
+    assert text is None or isinstance(text, str)
