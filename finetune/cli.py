@@ -7,7 +7,7 @@ import os
 import sys
 
 from finetune import __version__
-from finetune.errors import UserError
+from finetune.errors import UserError, error_line
 
 
 def cmd_validate(args) -> int:
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

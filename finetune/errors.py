@@ -6,3 +6,10 @@ class UserError(Exception):
 
     The message should name the file, key or row at fault and say what to do.
     """
+
+
+def error_line(error: Exception) -> str:
+    """`error: <message>` as exactly one printable line: a newline or control character the message echoes
+    from user input (an override, a file name) is shown escaped (`\\n`, `\\x1e`), never as a line break."""
+    message = "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(error))
+    return f"error: {message}"

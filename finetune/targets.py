@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from finetune.errors import UserError
+from finetune.errors import UserError, error_line
 
 ROOT = Path("recipes")
 NOT_RECIPES = ("_base", "accelerate", "templates", "data")
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path, stage = resolve(args[0])
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     return cli_main(["run", str(path), *(["--only", stage] if stage else []), *args[1:]])
 

@@ -56,7 +56,7 @@ CASES = [
     ("ragged.csv", "sft", ["cannot read data.bad", "Expected 2 fields in line 3, saw 4"]),
     ("text_not_string.jsonl", "sft", ["row 1: text must be a string, got int"]),
     ("messages_not_list.jsonl", "sft", ["row 0: messages must be a list"]),
-    ("json_scalar.json", "sft", ["cannot read data.bad"]),
+    ("json_scalar.json", "sft", ["the file holds a JSON int; give an array of objects or JSON Lines"]),
     ("prefs_missing_rejected.jsonl", "dpo", ["preference data needs `chosen` and `rejected` columns",
                                              "found ['chosen', 'prompt']"]),
     ("prefs_all_equal.jsonl", "reward", ["no usable pairs left (3 chosen == rejected)"]),

@@ -279,3 +279,37 @@ def test_fuzzed_chat_templates(data, tmp_path):
     path.write_bytes(raw)
     text = outcome(read_chat_template, path)
     assert text is None or isinstance(text, str)
+
+
+# ------------------------------------------------------------------------------------------ command lines
+ARG_TOKENS = st.one_of(
+    st.sampled_from(["--output-dir", "--only", "--force", "--task", "--limit", "--batch-size", "--max-new-tokens",
+                     "--per-question", "--na-prob-thresh", "-h", "--", "=", "a=b", "stages.sft.train.max_steps=2",
+                     "stages.0.peft.r=0", "eval.tasks=[squad_v1_tiny]", "seed=abc", "data.chat=null", ".=1",
+                     "stages.9.kind=sft", "base_model=[]", "squad_v1_tiny", "0", "-1", "1e9", "nan", ""]),
+    st.text(min_size=0, max_size=12))
+
+
+@FUZZ
+@given(command=st.sampled_from(["validate", "score", "eval"]), args=st.lists(ARG_TOKENS, max_size=6))
+@example(command="validate", args=["\n"])  # found by this test: an override holding a newline broke the line
+@example(command="validate", args=["\x1e"])  # and a record separator, which str.splitlines() also breaks at
+def test_fuzzed_command_lines(command, args, model_dir, tmp_path, capsys, monkeypatch):
+    """Random arguments to `finetune validate / score / eval`: exit 0, or exit 2 ending in one error line."""
+    from finetune.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(valid_recipe(model_dir)))
+    argv = {"validate": [command, str(recipe)], "score": [command, "squad_v1"],
+            "eval": [command, str(tmp_path / "no-model")]}[command] + args
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse: usage, then its one error line (or --help, exit 0)
+        code = e.code
+    out, err = capsys.readouterr()
+    assert code in (0, 2), (argv, code, err)
+    assert "Traceback" not in err, (argv, err)
+    if code == 2:
+        last = err.strip().split("\n")[-1]  # not splitlines(): it also breaks at \x1c-\x1e, \x85, ...
+        assert last.startswith("error: ") or ": error: " in last, (argv, err)
