@@ -110,6 +110,8 @@ def load_source(name: str, src: dict, seed: int):
             # CSV cells are text: read them as such, or " 18" becomes the integer 18 and loses its space.
             extra = {"features": _text_features(path), "keep_default_na": False} if loader == "csv" else {}
             ds = datasets.load_dataset(loader, data_files=str(path), split="train", **extra)
+            if loader == "parquet":  # corrupted string data reads back only as a UnicodeDecodeError per row
+                ds.data.table.validate(full=True)
         elif path.is_dir():
             ds = datasets.load_dataset(str(path), split=src["split"])
         else:
@@ -118,9 +120,12 @@ def load_source(name: str, src: dict, seed: int):
         raise
     except (datasets.exceptions.DatasetNotFoundError, FileNotFoundError, ConnectionError) as e:
         raise UserError(f"{where}.path: cannot load '{src['path']}': {str(e).splitlines()[0]}") from None
-    except (ValueError, datasets.exceptions.DatasetGenerationError) as e:
+    except (ValueError, datasets.exceptions.DatasetGenerationError, OSError, UnicodeDecodeError) as e:
+        # pyarrow's ArrowInvalid (from validate) is a ValueError
+        # OSError and UnicodeDecodeError: a corrupted Parquet file (pyarrow's thrift errors, broken strings)
         cause = e.__cause__ or e
-        raise UserError(f"{src['path']}: cannot read {where} ({str(cause).splitlines()[0][:200]})") from None
+        first = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else cause.__class__.__name__
+        raise UserError(f"{src['path']}: cannot read {where} ({first})") from None
     if len(ds) == 0:
         raise UserError(f"{src['path']}: {where} has no rows")
     if src["columns"]:

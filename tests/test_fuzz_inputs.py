@@ -205,10 +205,11 @@ CHAT_ROWS = [{"messages": [{"role": "user", "content": "Hi?"}, {"role": "assista
 PAIR_ROWS = [{"prompt": [{"role": "user", "content": "Hi?"}], "chosen": [{"role": "assistant", "content": "Hello."}],
               "rejected": [{"role": "assistant", "content": "Go away."}]}]
 CSV = "prompt,completion\nWhat is 2+2?,4\nCapital of France?,Paris\n"
+PARQUET = (REPO / "recipes" / "data" / "tiny_text.parquet").read_bytes()
 
 
 @FUZZ
-@given(data=st.data(), kind=st.sampled_from(["chat.jsonl", "pairs.jsonl", "alpaca.json", "prompt.csv"]))
+@given(data=st.data(), kind=st.sampled_from(["chat.jsonl", "pairs.jsonl", "alpaca.json", "prompt.csv", "text.parquet"]))
 def test_fuzzed_training_data(data, kind, model_dir, tmp_path, monkeypatch):
     """A data file through the stage's own loading (datasets), format detection and normalisation."""
     from finetune.data import stage_data
@@ -217,6 +218,12 @@ def test_fuzzed_training_data(data, kind, model_dir, tmp_path, monkeypatch):
     path = tmp_path / kind
     if kind == "prompt.csv":
         raw = data.draw(byte_level(CSV))
+    elif kind == "text.parquet":
+        raw = bytearray(PARQUET)
+        for _ in range(data.draw(st.integers(1, 4))):  # flip bytes, or cut the file short
+            at = data.draw(st.integers(0, len(raw) - 1))
+            raw[at] ^= data.draw(st.integers(1, 255))
+        raw = bytes(raw[:data.draw(st.integers(0, len(raw)))] if data.draw(st.booleans()) else raw)
     elif kind == "alpaca.json":
         rows = [{"instruction": "Add.", "input": "2+2", "output": "4"}]
         raw = (json.dumps(data.draw(structural(rows))).encode() if data.draw(st.booleans())
@@ -313,3 +320,21 @@ def test_fuzzed_command_lines(command, args, model_dir, tmp_path, capsys, monkey
     if code == 2:
         last = err.strip().split("\n")[-1]  # not splitlines(): it also breaks at \x1c-\x1e, \x85, ...
         assert last.startswith("error: ") or ": error: " in last, (argv, err)
+
+
+@pytest.mark.parametrize("offset, mask", [(27, 128), (2673, 1)], ids=["string-bytes", "footer-metadata"])
+def test_corrupted_parquet_is_one_line(offset, mask, model_dir, tmp_path, monkeypatch):
+    """Found by test_fuzzed_training_data: one flipped byte in a Parquet file's string data was a
+    UnicodeDecodeError traceback from the first row read; one in its footer, a thrift OSError traceback."""
+    from finetune.data import stage_data
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    raw = bytearray(PARQUET)
+    raw[offset] ^= mask
+    (tmp_path / "t.parquet").write_bytes(bytes(raw))
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"base_model": {"path": model_dir},
+                                                     "data": {"d": {"path": str(tmp_path / "t.parquet")}},
+                                                     "stages": [{"kind": "sft", "data": ["d"]}]}))
+    recipe = load_recipe(tmp_path / "r.yaml")
+    with pytest.raises(UserError, match="cannot read data.d"):
+        stage_data(recipe, recipe["stages"][0])
