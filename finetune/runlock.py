@@ -36,20 +36,26 @@ def _describe(holder: dict | None) -> str:
     return f"pid {holder.get('pid')} on host {holder.get('host')}, since {started}"
 
 
+def _acquire(folder: Path, busy: str, advice: str):
+    """The folder's lock, taken without waiting; UserError `<folder>: <busy> (<holder>); <advice>` if held."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(folder / LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UserError(f"{folder}: {busy} ({_describe(_holder(folder))}); {advice}") from None
+    return lock
+
+
 @contextmanager
 def hold(run_dir: Path, log=print):
     """Hold the run folder's lock while the block runs; UserError if another process holds it.
 
     The folder must exist (manifest.claim_run_dir makes it). Raises UserError naming the holder's pid and host.
     """
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(run_dir / LOCK))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise UserError(f"{run_dir}: another finetune run is writing this folder ({_describe(_holder(run_dir))}); "
-                        "wait for it to finish, or use another --output-dir") from None
+    lock = _acquire(run_dir, "another finetune run is writing this folder",
+                    "wait for it to finish, or use another --output-dir")
     try:
         stale = _holder(run_dir)
         if stale:
@@ -64,20 +70,12 @@ def hold(run_dir: Path, log=print):
 
 def refuse_if_being_written(path: str | Path) -> None:
     """For readers (eval, merge): UserError if `path` is, or is inside, a run folder a live run is writing."""
-    from filelock import FileLock, Timeout
-
     from finetune.manifest import MARKER
 
     path = Path(path).resolve()
     for folder in (path, *path.parents):
         if (folder / MARKER).exists():
-            if not (folder / LOCK).exists():
-                return
-            lock = FileLock(str(folder / LOCK))
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                raise UserError(f"{folder}: a finetune run is writing this folder ({_describe(_holder(folder))});"
-                                " wait for it to finish before reading it") from None
-            lock.release()
+            if (folder / LOCK).exists():
+                _acquire(folder, "a finetune run is writing this folder",
+                         "wait for it to finish before reading it").release()
             return

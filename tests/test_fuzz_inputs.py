@@ -208,12 +208,23 @@ CSV = "prompt,completion\nWhat is 2+2?,4\nCapital of France?,Paris\n"
 PARQUET = (REPO / "recipes" / "data" / "tiny_text.parquet").read_bytes()
 
 
+def load_data_file(path, raw: bytes, model_dir: str, purpose: str = "sft"):
+    """Write `raw` to `path` and load it as a stage's only data source, as a run would."""
+    from finetune.data import stage_data
+
+    path.write_bytes(raw)
+    recipe_path = path.with_name("recipe.yaml")
+    recipe_path.write_text(yaml.safe_dump({"base_model": {"path": model_dir}, "data": {"d": {"path": str(path)}},
+                                           "stages": [{"kind": "dpo" if purpose == "pairs" else "sft",
+                                                       "data": ["d"]}]}))
+    recipe = load_recipe(recipe_path)
+    return stage_data(recipe, recipe["stages"][0], purpose)
+
+
 @FUZZ
 @given(data=st.data(), kind=st.sampled_from(["chat.jsonl", "pairs.jsonl", "alpaca.json", "prompt.csv", "text.parquet"]))
 def test_fuzzed_training_data(data, kind, model_dir, tmp_path, monkeypatch):
     """A data file through the stage's own loading (datasets), format detection and normalisation."""
-    from finetune.data import stage_data
-
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     path = tmp_path / kind
     if kind == "prompt.csv":
@@ -236,15 +247,7 @@ def test_fuzzed_training_data(data, kind, model_dir, tmp_path, monkeypatch):
             raw = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines).encode()
         else:
             raw = data.draw(byte_level("".join(json.dumps(r) + "\n" for r in rows)))
-    path.write_bytes(raw)
-    recipe_path = tmp_path / "recipe.yaml"
-    purpose = "pairs" if kind == "pairs.jsonl" else "sft"
-    stage_kind = "dpo" if purpose == "pairs" else "sft"
-    recipe_path.write_text(yaml.safe_dump({
-        "base_model": {"path": model_dir}, "data": {"d": {"path": str(path)}},
-        "stages": [{"kind": stage_kind, "data": ["d"]}]}))
-    recipe = load_recipe(recipe_path)
-    out = outcome(stage_data, recipe, recipe["stages"][0], purpose)
+    out = outcome(load_data_file, path, raw, model_dir, "pairs" if kind == "pairs.jsonl" else "sft")
     if out is not None:
         assert len(out["train"]) > 0
 
@@ -253,16 +256,9 @@ def test_fuzzed_training_data(data, kind, model_dir, tmp_path, monkeypatch):
 def test_json_documents_that_are_not_rows(raw, model_dir, tmp_path, monkeypatch):
     """Found by test_fuzzed_training_data: a JSON file holding `null` made pyarrow crash the whole process
     (a segfault, no error at all); scalars and non-object array items are now one line each."""
-    from finetune.data import stage_data
-
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
-    (tmp_path / "rows.jsonl").write_bytes(raw)
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"base_model": {"path": model_dir},
-                                                     "data": {"d": {"path": str(tmp_path / "rows.jsonl")}},
-                                                     "stages": [{"kind": "sft", "data": ["d"]}]}))
-    recipe = load_recipe(tmp_path / "r.yaml")
     with pytest.raises(UserError, match="(holds a JSON|must be an object)"):
-        stage_data(recipe, recipe["stages"][0])
+        load_data_file(tmp_path / "rows.jsonl", raw, model_dir)
 
 
 # ---------------------------------------------------------------------------------------- chat templates
@@ -326,15 +322,8 @@ def test_fuzzed_command_lines(command, args, model_dir, tmp_path, capsys, monkey
 def test_corrupted_parquet_is_one_line(offset, mask, model_dir, tmp_path, monkeypatch):
     """Found by test_fuzzed_training_data: one flipped byte in a Parquet file's string data was a
     UnicodeDecodeError traceback from the first row read; one in its footer, a thrift OSError traceback."""
-    from finetune.data import stage_data
-
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     raw = bytearray(PARQUET)
     raw[offset] ^= mask
-    (tmp_path / "t.parquet").write_bytes(bytes(raw))
-    (tmp_path / "r.yaml").write_text(yaml.safe_dump({"base_model": {"path": model_dir},
-                                                     "data": {"d": {"path": str(tmp_path / "t.parquet")}},
-                                                     "stages": [{"kind": "sft", "data": ["d"]}]}))
-    recipe = load_recipe(tmp_path / "r.yaml")
     with pytest.raises(UserError, match="cannot read data.d"):
-        stage_data(recipe, recipe["stages"][0])
+        load_data_file(tmp_path / "t.parquet", bytes(raw), model_dir)
