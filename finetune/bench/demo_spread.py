@@ -64,6 +64,11 @@ def run_one(seed: int, path: str, env: dict, out: Path) -> dict:
             "wall_s": round(wall, 1), "checks": demo.checks(results, reward, run_dir)}
 
 
+def _num(key: str, value: float) -> str:
+    """EM/F1 and seconds to one decimal (as EM is reported), accuracies and p-values to three."""
+    return format(round(value, 3 if key in ("reward_accuracy", "ppo_p", "dpo_p") else 1), "g")
+
+
 def table(runs: list[dict]) -> str:
     """Markdown: one row per figure (min / median / max over the runs, met in every run?), then every run."""
     lines = [f"Demo targets over {len(runs)} runs ({len({r['seed'] for r in runs})} seeds x "
@@ -72,15 +77,17 @@ def table(runs: list[dict]) -> str:
     for key, (label, target, met) in FIGURES.items():
         values = [r[key] for r in runs]
         every = "n/a" if met is None else ("yes" if all(met(v) for v in values) else "**NO**")
-        lines.append(f"| {label} | {min(values):g} | {statistics.median(values):g} | {max(values):g} | {target} "
-                     f"| {every} |")
-    lines += ["", "| path | seed | EM base | EM SFT | F1 SFT | reward acc. | PPO-SFT | DPO-SFT | wall (s) | targets |",
+        lines.append(f"| {label} | {_num(key, min(values))} | {_num(key, statistics.median(values))} | "
+                     f"{_num(key, max(values))} | {target} | {every} |")
+    lines += ["", "| path | seed | EM base | EM SFT | F1 SFT | reward acc. | PPO - SFT (p) | DPO - SFT (p) | wall (s) | targets |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         missed = [label for label, ok in r["checks"] if not ok]
-        lines.append(f"| {r['path']} | {r['seed']} | {r['em_base']:g} | {r['em_sft']:g} | {r['f1_sft']:g} | "
-                     f"{r['reward_accuracy']:g} | {r['em_ppo_minus_sft']:+g} | {r['em_dpo_minus_sft']:+g} | "
-                     f"{r['wall_s']:g} | {'all ok' if not missed else 'MISSED: ' + '; '.join(missed)} |")
+        cells = [_num(k, r[k]) for k in ("em_base", "em_sft", "f1_sft", "reward_accuracy")]
+        deltas = [("+" if r[k] >= 0 else "") + _num(k, r[k]) + f" (p {_num(p, r[p])})"
+                  for k, p in (("em_ppo_minus_sft", "ppo_p"), ("em_dpo_minus_sft", "dpo_p"))]
+        lines.append(f"| {r['path']} | {r['seed']} | {' | '.join(cells + deltas)} | {_num('wall_s', r['wall_s'])} | "
+                     f"{'all ok' if not missed else 'MISSED: ' + '; '.join(missed)} |")
     lines += ["", "Kernel paths: " + "; ".join(sorted({f"{r['path']} = {r['kernels']}" for r in runs}))]
     return "\n".join(lines)
 
