@@ -27,7 +27,7 @@ help:
 	@echo "make install   venv + pinned dependencies (torch first, then the package, editable)"
 	@echo "make test      the offline test suite"
 	@echo "make demo      build tiny models, run the tiny recipe end to end, print EM/F1"
-	@echo "make demo-spread  the demo over 5 seeds x 2 CPU kernel paths: min/median/max per target (~15 min)"
+	@echo "make demo-spread  the demo over 5 seeds x 2 CPU kernel paths: min/median/max per target (~17 min)"
 	@echo "make lint      ruff"
 	@echo "make bench     benchmarks B1-B5 on CPU (about 25 min on a 2-core machine; --quick: 5 min)"
 	@echo "make recipes   list every recipe target; make <recipe> runs it, make <recipe>-<stage> one stage"
