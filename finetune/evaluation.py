@@ -128,21 +128,21 @@ def _read_rows(path: str, fmt: str, split: str = "validation", subset: str | Non
         if fmt == "squad_json" or not HUB_ID.match(path) or p.suffix:
             raise UserError(f"eval data '{path}' not found")
         return _rows_from_records(_hub_rows(path, subset, split), fmt, path)
-    text = userfiles.read_text(p, "eval data")
-    if fmt == "squad_json":
+    if fmt == "squad_json":  # squad.load_squad_dataset checks the layout (lists, ids, answers) and UTF-8
         rows = []
         for a, article in enumerate(squad.load_squad_dataset(str(p))):
-            for paragraph in _items(article, "paragraphs", path, a):
-                for q, qa in enumerate(_items(paragraph, "qas", path, a)):
-                    where = f"article {a}, question {qa.get('id', q) if isinstance(qa, dict) else q}"
+            for paragraph in article["paragraphs"]:
+                for qa in paragraph["qas"]:
+                    where = f"article {a}, question {qa['id']}"
                     try:
                         rows.append({"id": qa["id"], "context": paragraph["context"], "question": qa["question"],
-                                     "golds": [x["text"] for x in qa.get("answers", [])],
+                                     "golds": [x["text"] for x in qa["answers"]],
                                      "impossible": bool(qa.get("is_impossible"))})
-                    except (KeyError, TypeError, AttributeError) as e:
-                        raise UserError(f"{path}: {where}: missing or malformed field {e}") from None
+                    except KeyError as e:
+                        raise UserError(f"{path}: {where}: missing field {e}") from None
                     _check_row(rows[-1], path, where)
         return rows
+    text = userfiles.read_text(p, "eval data")
     try:
         records = json.loads(text) if text.lstrip().startswith("[") else [
             json.loads(line) for line in text.splitlines() if line.strip()]
@@ -167,14 +167,6 @@ def _rows_from_records(records: list[dict], fmt: str, path: str) -> list[dict]:
             raise UserError(f"{path}: row {i}: missing or malformed field {e} for format {fmt}") from None
         _check_row(rows[-1], path, f"row {i}")
     return rows
-
-
-def _items(parent, key: str, path: str, article: int) -> list:
-    """A SQuAD JSON list field (paragraphs, qas), or one line naming where it is missing."""
-    value = parent.get(key) if isinstance(parent, dict) else None
-    if not isinstance(value, list):
-        raise UserError(f"{path}: article {article}: `{key}` must be a list, got {type(value).__name__}")
-    return value
 
 
 def _check_row(row: dict, path: str, where: str) -> None:

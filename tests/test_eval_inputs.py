@@ -91,7 +91,7 @@ def test_squad_question_without_text(tmp_path, capsys):
     task = tmp_path / "squad.yaml"
     task.write_text(yaml.safe_dump({"data": str(data), "format": "squad_json", "prompt": "{question}"}))
     rc, err = run(capsys, "eval", str(tmp_path / "x"), "--task", str(task))
-    assert_one_line(rc, err, "article 0, question abc: missing or malformed field 'question'")
+    assert_one_line(rc, err, "article 0, question abc: missing field 'question'")
 
 
 def test_task_and_data_that_are_not_utf8(tmp_path, capsys):
