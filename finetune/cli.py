@@ -16,6 +16,9 @@ def cmd_validate(args) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     stages = ", ".join(f"{s['name']} ({s['kind']})" for s in recipe["stages"])
     print(f"{args.recipe}: ok — {len(recipe['stages'])} stage(s): {stages}")
+    from finetune.chat_templates import fidelity_note
+
+    print(fidelity_note(recipe["base_model"], args.recipe))
     path = recipe["base_model"]["path"]
     if not os.path.exists(os.path.expanduser(path)) and HUB_ID.match(path):
         print(f"note: base_model.path '{path}' is not a local folder; it will be fetched from the hub")
@@ -43,6 +46,15 @@ def cmd_tiny(args) -> int:
     out = build_tiny(args.out, args.arch, corpus=args.corpus or DEFAULT_CORPUS_DIRS,
                      vocab_size=args.vocab_size, seed=args.seed, overwrite=args.overwrite, **sizes)
     print(f"built tiny {args.arch} model in {out}")
+    return 0
+
+
+def cmd_import_gguf(args) -> int:
+    from finetune.gguf_models import import_gguf, resolve_gguf, sha256_file
+
+    gguf = resolve_gguf(".", args.gguf)
+    out = import_gguf(gguf, args.out, sha256_file(gguf))
+    print(f"imported {gguf.name} into {out}")
     return 0
 
 
@@ -101,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="rebuild a tiny model that is already there")
     p.set_defaults(func=cmd_tiny)
+
+    p = sub.add_parser("import-gguf", help="dequantise a GGUF model into a safetensors model folder (with its "
+                       "tokenizer and chat template)")
+    p.add_argument("gguf", help="the .gguf file")
+    p.add_argument("out", help="new folder to write (an existing one is never overwritten)")
+    p.set_defaults(func=cmd_import_gguf)
 
     add_score_parser(sub)
     add_eval_parser(sub)

@@ -9,7 +9,8 @@ from finetune.errors import UserError
 
 # base_model keys a folder found on its own (an adapter's base, a model under eval) is loaded with.
 BASE_MODEL_DEFAULTS = {"revision": None, "dtype": "auto", "attn_implementation": None, "trust_remote_code": False,
-                       "tokenizer": None, "chat_template": None}
+                       "tokenizer": None, "chat_template": None,
+                       "training_chat_template": None}
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 

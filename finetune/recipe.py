@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from finetune import schema, userfiles
+from finetune import chat_templates, schema, userfiles
 from finetune.errors import UserError
 from finetune.schema import REQUIRED, Key, ListOf, MapOf, Section
 from finetune.trl_fields import check_value_type, config_class_name, config_fields
@@ -218,13 +218,15 @@ def validate(raw: dict, file: str) -> dict:
     for k in ("tokenizer",):
         if bm[k]:
             _check_local_path(bm[k], f"base_model.{k}", file, "tokenizer")
-    if bm["chat_template"] and not Path(bm["chat_template"]).is_file():
-        raise UserError(f"{file}: base_model.chat_template: file '{bm['chat_template']}' not found")
-    if bm["chat_template"]:
-        try:
-            userfiles.read_chat_template(bm["chat_template"])
-        except UserError as e:
-            raise UserError(f"{file}: base_model.chat_template: {e}") from None
+    for key in ("chat_template", "training_chat_template"):
+        if bm[key] and not Path(bm[key]).is_file():
+            raise UserError(f"{file}: base_model.{key}: file '{bm[key]}' not found")
+        if bm[key]:
+            try:
+                userfiles.read_chat_template(bm[key])
+            except UserError as e:
+                raise UserError(f"{file}: base_model.{key}: {e}") from None
+    chat_templates.fidelity_note(bm, file)  # a training template that renders another text fails here
     for name, src in recipe["data"].items():
         _check_local_path(src["path"], f"data.{name}.path", file, "data")
         for col in src["columns"]:

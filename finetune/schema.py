@@ -65,7 +65,10 @@ BASE_MODEL = Section({
                                ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")),
     "trust_remote_code": Key((bool,), False, "run modelling code shipped with the checkpoint (off by default)"),
     "tokenizer": Key((str,), None, "tokenizer hub id or directory when it differs from `path`"),
-    "chat_template": Key((str,), None, "a .jinja file that replaces the tokenizer's chat template"),
+    "gguf_file": Key((str,), None, "a GGUF file inside `path` (or a path): dequantised once, cached by sha256"),
+    "chat_template": Key((str,), None, "a .jinja file that replaces the tokenizer's chat template (served and saved)"),
+    "training_chat_template": Key((str,), None, "a .jinja file with {% generation %} markers for assistant-only "
+                                                "loss; must render exactly as the served template"),
 }, "the pretrained model every stage starts from")
 
 DATA_SOURCE = Section({

@@ -262,7 +262,7 @@ def test_json_documents_that_are_not_rows(raw, model_dir, tmp_path, monkeypatch)
 
 
 # ---------------------------------------------------------------------------------------- chat templates
-TEMPLATE = (REPO / "recipes" / "templates" / "chatml_training.jinja").read_text()
+TEMPLATE = (REPO / "recipes" / "templates" / "smollm2_training.jinja").read_text()
 
 
 @FUZZ

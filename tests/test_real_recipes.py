@@ -2,8 +2,10 @@
 
 The recipes name hub models and hub datasets, which cannot be fetched here. Each one is run exactly as
 written except for: base_model.path (a tiny model of the same architecture), the data paths (the shipped
-tiny data), and caps on steps, rows and lengths so that a CPU finishes in seconds. Chat templates, adapters,
-quantisation, bf16 settings, stage wiring and TRL settings are the recipe's own.
+tiny data), and caps on steps, rows and lengths so that a CPU finishes in seconds. The tiny model is served
+with the recipe model's own chat template (`base_model.chat_template`), so the recipe's training template is
+checked against it as on the real model. Adapters, quantisation, bf16 settings, stage wiring and TRL settings
+are the recipe's own.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import pytest
 from conftest import DATA, REPO
 
+from finetune import chat_templates
+from finetune.errors import UserError
 from finetune.pipeline import run_recipe
 from finetune.recipe import load_recipe
 from finetune.targets import recipe_files
@@ -34,7 +38,9 @@ CAPS = [
 
 
 def test_every_real_recipe_is_covered():
-    real = {name for name in recipe_files(REPO / "recipes") if not name.startswith("tiny-")}
+    """Every recipe on a hub model (the CPU recipes on local models run as they are, in test_real_model.py)."""
+    real = {name for name, path in recipe_files(REPO / "recipes").items()
+            if not name.startswith("tiny-") and not load_recipe(path)["base_model"]["path"].startswith("models/")}
     assert real == set(ARCH), "add the new recipe to ARCH (and to this test's run)"
 
 
@@ -42,12 +48,33 @@ def test_every_real_recipe_is_covered():
 def test_real_recipe_runs_on_a_tiny_model_of_its_architecture(name, request, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     model = request.getfixturevalue(f"tiny_{ARCH[name]}")
-    overrides = [f"base_model.path={model}", f"data.chat.path={DATA / 'tiny_chat.jsonl'}",
+    hub_id = load_recipe(recipe_files(REPO / "recipes")[name])["base_model"]["path"]
+    served, _ = chat_templates.official_template_file(hub_id)
+    chat = DATA / "tiny_chat.jsonl"
+    if name == "mistral-7b":
+        # Mistral v0.3's template shows a system prompt only before a final user turn: rows with one are refused.
+        recipe = load_recipe(recipe_files(REPO / "recipes")[name], [
+            f"base_model.path={model}", f"base_model.chat_template={served}", f"data.chat.path={chat}",
+            f"data.prefs.path={DATA / 'tiny_prefs.jsonl'}", *CAPS, "data.chat.max_rows=300"])
+        with pytest.raises(UserError, match=r"data row \d+: the chat template leaves out the 'system' turn"):
+            run_recipe(recipe, output_dir=str(tmp_path / "refused"))
+        chat = tmp_path / "chat_without_system.jsonl"
+        chat.write_text("".join(line for line in (DATA / "tiny_chat.jsonl").open() if '"system"' not in line))
+    overrides = [f"base_model.path={model}", f"base_model.chat_template={served}", f"data.chat.path={chat}",
                  f"data.prefs.path={DATA / 'tiny_prefs.jsonl'}", *CAPS]
+    if name == "llama3.1-8b":
+        # Llama 3.1 ends turns with <|eot_id|>, a token the tiny tokenizer does not have, so the tiny model's EOS
+        # is never supervised; the real Llama 3 tokenizer's masks are checked in test_chat_templates.py.
+        overrides.append("stages.sft.audit.require_eos=false")
     recipe = load_recipe(recipe_files(REPO / "recipes")[name], overrides)
     results = run_recipe(recipe, output_dir=str(tmp_path / "run"))
     assert list(results) == ["sft", "reward", "ppo", "dpo"]
     assert results["sft"]["artifact"]["adapter"] and results["sft"]["artifact"]["quantization"]["bits"] == 4
-    assert results["sft"]["label_audit"]["rows_with_supervised_eos"] == results["sft"]["label_audit"]["rows"]
+    if name != "llama3.1-8b":
+        assert results["sft"]["label_audit"]["rows_with_supervised_eos"] == results["sft"]["label_audit"]["rows"]
+    assert results["sft"]["training_chat_template"]["source"] == \
+        (recipe["base_model"]["training_chat_template"] or "TRL's qwen2_5_training.jinja")
+    saved = (tmp_path / "run" / "sft" / "model" / "chat_template.jinja").read_text()
+    assert saved == served.read_text(), "the SFT model must be saved with the template it is served with"
     assert results["dpo"]["init"]["stage"] == "sft" and results["ppo"]["init"]["reward_model"]
     assert (tmp_path / "run" / "eval" / "results.md").exists()

@@ -425,7 +425,8 @@ def test_defaults_are_filled_in(tmp_path):
     assert r["name"] == "my-run"
     assert r["output_dir"] == str(Path("runs") / "my-run")
     assert r["base_model"] == {"path": str(tmp_path), "revision": None, "dtype": "auto", "attn_implementation": None,
-                               "trust_remote_code": False, "tokenizer": None, "chat_template": None}
+                               "trust_remote_code": False, "tokenizer": None, "chat_template": None,
+                               "training_chat_template": None, "gguf_file": None}
     assert r["data"]["chat"] == {"path": str(CHAT), "format": "auto", "columns": {}, "split": "train",
                                  "subset": None, "revision": None, "max_rows": None}
     sft, dpo = r["stages"]

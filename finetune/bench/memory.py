@@ -114,7 +114,8 @@ def estimates(seq: int, checkpointing: bool) -> dict:
 
 def base_model_entry(path: str) -> dict:
     return {"path": path, "revision": None, "dtype": "float32", "attn_implementation": None,
-            "trust_remote_code": False, "tokenizer": None, "chat_template": None}
+            "trust_remote_code": False, "tokenizer": None, "chat_template": None,
+            "training_chat_template": None}
 
 
 def checkpoint_pages(model, model_dir: str) -> dict:

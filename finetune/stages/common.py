@@ -87,7 +87,14 @@ def load_policy(recipe: dict, stage: dict, init: dict, gradient_checkpointing: b
 
 
 def stage_tokenizer(recipe: dict, init: dict):
-    return modeling.load_tokenizer(recipe["base_model"], start_dir(recipe, init) if init.get("artifact") else None)
+    """The stage's tokenizer, served with its model's chat template; the recipe's training template (if any)
+    is checked to render exactly as that template before the stage trains (UserError otherwise)."""
+    from finetune import chat_templates
+
+    source = start_dir(recipe, init) if init.get("artifact") else None
+    tokenizer = modeling.load_tokenizer(recipe["base_model"], source)
+    chat_templates.training_template_for(tokenizer, recipe["base_model"])
+    return tokenizer
 
 
 def train(trainer, stage_dir: Path, log, resumable: bool = True):

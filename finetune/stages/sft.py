@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetune import audit, modeling, packing
+from finetune import audit, chat_templates, modeling, packing
 from finetune.data import stage_data
 from finetune.errors import UserError
 from finetune.stages import common
@@ -42,8 +42,14 @@ def _explain(error: Exception, stage: dict) -> str | None:
     return None
 
 
-def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
-    """Train one SFT stage; returns what the manifest records (artifact, data and audit reports, metrics)."""
+def build(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
+    """Everything up to the first step: tokenizer, data, checked chat templates, model, the TRL trainer.
+
+    Returns {"trainer", "tokenizer", "data", "args", "source", "training_template"}; `trainer.train_dataset`
+    holds the exact input ids and labels the stage trains on. Raises UserError on bad settings or data, a
+    training template that renders differently from the served one, or a chat turn the template leaves out.
+    Side effect: none on the tokenizer, which keeps (and is saved with) the template the model is served with.
+    """
     from trl import SFTConfig, SFTTrainer
 
     for owned in ("assistant_only_loss", "completion_only_loss"):
@@ -68,9 +74,32 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
         trainer_cls = packing.row_packed_trainer_class()
         log(f"packing: rows of <= {args.max_length} tokens kept apart, a block-diagonal mask per row "
             f"({attention} attention; flash-attention would take TRL's one-row layout)")
-    trainer = common.build_trainer(trainer_cls, stage, explain=lambda e: _explain(e, stage), model=model,
-                                   args=args, train_dataset=data["train"], eval_dataset=data["eval"],
-                                   processing_class=tokenizer)
+    served = tokenizer.chat_template
+    training = None
+    if data["kind"] == "chat":
+        training = chat_templates.training_template_for(tokenizer, recipe["base_model"])
+        if training and args.assistant_only_loss:
+            log(f"chat template: training with {training[1]}, checked to render as the model's own template")
+        check_turns_kept(data["train"], training[0] if training else served, tokenizer, stage["name"])
+    if training and args.assistant_only_loss:
+        tokenizer.chat_template = training[0]  # TRL tokenises the data with it while the trainer is built
+    try:
+        trainer = common.build_trainer(trainer_cls, stage, explain=lambda e: _explain(e, stage), model=model,
+                                       args=args, train_dataset=data["train"], eval_dataset=data["eval"],
+                                       processing_class=tokenizer)
+    finally:
+        tokenizer.chat_template = served  # what is saved is what is served
+    if training and args.assistant_only_loss:
+        trainer.chat_template = training[0]  # for any later tokenisation (the label audit's)
+    return {"trainer": trainer, "tokenizer": tokenizer, "data": data, "args": args, "source": source,
+            "training_template": training if args.assistant_only_loss else None}
+
+
+def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
+    """Train one SFT stage; returns what the manifest records (artifact, data and audit reports, metrics)."""
+    built = build(recipe, stage, init, stage_dir, log)
+    trainer, tokenizer, data, args, source = (built[k] for k in ("trainer", "tokenizer", "data", "args", "source"))
+    training = built["training_template"]
     report = None
     if stage["audit"]["enabled"]:
         report = audit.label_audit(trainer, data["train"], stage["audit"], tokenizer.eos_token_id)
@@ -80,4 +109,33 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(stage_dir / "model"))
     return common.record(trainer, result, args, stage, data, tokenizer, stage_dir / "model", source,
-                         stage["peft"] is not None, label_audit=report)
+                         stage["peft"] is not None, label_audit=report,
+                         training_chat_template=training and {"source": training[1],
+                                                              "sha256": common.sha256_text(training[0])})
+
+
+def check_turns_kept(dataset, template: str | None, tokenizer, stage_name: str) -> None:
+    """Refuse chat rows with a turn the chat template leaves out of the text (training would silently lose it).
+
+    Mistral-7B-Instruct-v0.3's own template, for one, shows a system prompt only before a final user turn, so
+    every training conversation (which ends with the assistant) would lose its system turn. Raises UserError
+    naming the first such row and turn.
+    """
+    if not template:
+        return
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    specials = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+    convs = list(dataset["messages"])
+    for start in range(0, len(convs), 256):
+        batch = convs[start:start + 256]
+        try:
+            texts, _ = render_jinja_template(batch, chat_template=template, **specials)
+        except Exception:  # noqa: BLE001 - the label audit and TRL name a row the template cannot render
+            return
+        for j, (text, messages) in enumerate(zip(texts, batch, strict=True)):
+            lost = chat_templates.dropped_turn(text, messages)
+            if lost is not None:
+                raise UserError(f"stage {stage_name}: data row {start + j}: the chat template leaves out the "
+                                f"'{messages[lost]['role']}' turn (message {lost}), so the model would be trained "
+                                f"without it; remove such turns from the data or use a template that renders them")
