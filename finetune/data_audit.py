@@ -343,9 +343,10 @@ def add_audit_parser(sub) -> None:
 
 
 def cmd_audit(args) -> int:
+    from finetune.gguf_models import resolve_recipe
     from finetune.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = resolve_recipe(load_recipe(args.recipe, args.overrides))
     out_dir = Path(args.output_dir) if args.output_dir else Path(recipe["output_dir"]) / "audit"
     audit_recipe(recipe, out_dir, redact_dir=Path(args.redact_dir) if args.redact_dir else None)
     print(f"audit report: {out_dir / 'audit.json'}")

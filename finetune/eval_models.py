@@ -69,11 +69,23 @@ def evaluate_models(models: list[tuple[str, object, object]], tasks: list[str], 
     return results
 
 
-def write_summary(results: dict[str, dict[str, dict]], out_root: Path) -> str:
+def write_summary(results: dict[str, dict[str, dict]], out_root: Path, tasks: list[str] | None = None,
+                  limit: int | None = None) -> str:
+    """Write results.md (our models, then the published SQuAD v1.1 systems on the same questions where a task
+    asks SQuAD v1.1 dev questions) and results.json (ours) / published.json; returns the markdown table."""
+    from finetune.evaluation import load_task
+    from finetune.published import published_scores
+
+    published = published_scores([load_task(t) for t in tasks], limit) if tasks else {}
     table = results_table(results)
+    if published:
+        table += "\nPublished SQuAD v1.1 systems on the same questions (official leaderboard predictions):\n\n"
+        table += results_table(published).replace("| stage |", "| system |", 1)
     out_root.mkdir(parents=True, exist_ok=True)
     (out_root / "results.md").write_text(table)
     write_json_atomic(out_root / "results.json", results)
+    if published:
+        write_json_atomic(out_root / "published.json", published)
     return table
 
 
@@ -90,7 +102,7 @@ def cmd_eval(args) -> int:
         model, tokenizer = load_for_eval(model_dir, manifest)
         loaded.append((label, model, tokenizer))
     results = evaluate_models(loaded, args.task, out_root, args.batch_size, args.limit, args.max_new_tokens, log)
-    print(write_summary(results, out_root), end="")
+    print(write_summary(results, out_root, args.task, args.limit), end="")
     print(f"outputs in {out_root}", file=sys.stderr)
     return 0
 

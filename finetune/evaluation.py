@@ -19,7 +19,7 @@ from finetune.errors import UserError
 
 TASK_DIR = Path(__file__).resolve().parent.parent / "eval" / "tasks"
 TASK_KEYS = {"name", "metric", "data", "split", "subset", "format", "prompt", "chat_template", "few_shot",
-             "few_shot_data", "stop", "max_new_tokens", "abstain", "system"}
+             "few_shot_data", "stop", "max_new_tokens", "abstain", "system", "limit"}
 FORMATS = ("squad_json", "hf_rows", "open_qa")
 
 
@@ -40,7 +40,7 @@ def load_task(name_or_path: str) -> dict:
     task = {"name": path.stem, "metric": "squad_v1", "format": "squad_json", "chat_template": False,
             "split": "validation", "subset": None,
             "few_shot": 0, "few_shot_data": None, "stop": ["\n"], "max_new_tokens": 32, "abstain": [],
-            "system": None, **spec, "path": str(path)}
+            "system": None, "limit": None, **spec, "path": str(path)}
     for key in ("data", "prompt"):
         if not task.get(key):
             raise UserError(f"{path}: `{key}` is required")
@@ -74,6 +74,8 @@ _TASK_TYPES = {
     "max_new_tokens": ("a whole number >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     "abstain": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
     "system": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "limit": ("a whole number >= 1 or null", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)
+                                                                     and v >= 1)),
 }
 PROMPT_FIELDS = ("context", "question")  # what every format provides to the prompt template
 
@@ -253,10 +255,22 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return outputs
 
 
+def task_rows(task: dict, limit: int | None = None) -> list[dict]:
+    """The questions a task scores: {id, context, question, golds, impossible}, the first `limit` (and the
+    task's own `limit`) of them. Raises UserError for a missing file or a malformed row."""
+    limits = [n for n in (limit, task["limit"]) if n]
+    return _read_rows(task["data"], task["format"], task["split"], task["subset"])[: min(limits, default=None)]
+
+
+def official_layout(rows: list[dict]) -> list:
+    """The official SQuAD `data` list for `rows` (see `_official_layout`)."""
+    return _official_layout(rows)
+
+
 def evaluate_task(model, tokenizer, task: dict, out_dir: Path | None, batch_size: int = 16,
                   limit: int | None = None, max_new_tokens: int | None = None) -> dict:
     """Generate and score one task; writes predictions.jsonl and results.json to out_dir when given."""
-    rows = _read_rows(task["data"], task["format"], task["split"], task["subset"])[: limit or None]
+    rows = task_rows(task, limit)
     if not rows:
         raise UserError(f"eval task {task['name']}: {task['data']} has no questions")
     prompts = build_prompts(task, rows, tokenizer)

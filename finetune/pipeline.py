@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from finetune import gguf_models, runlock
 from finetune import manifest as mf
-from finetune import runlock
 from finetune.errors import UserError
 from finetune.schema import POLICY_KINDS, RUNNABLE_KINDS
 
@@ -46,10 +46,14 @@ def _source_identity(src: dict) -> dict:
 
 
 def stage_inputs(recipe: dict, stage: dict, init: dict) -> dict:
-    return {
+    inputs = {
         "stage": stage, "seed": recipe["seed"], "base_model": recipe["base_model"], "init": init,
         "data": {name: _source_identity(recipe["data"][name]) for name in stage["data"]},
     }
+    gguf = gguf_models.source_of(recipe["base_model"]["path"])
+    if gguf:  # a base model dequantised from a GGUF file: its name and sha256
+        inputs["base_model_gguf"] = gguf
+    return inputs
 
 
 def _is_main_process() -> bool:
@@ -77,6 +81,7 @@ def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = N
                force: bool = False) -> dict:
     """Run (or skip, or resume) every stage of a validated recipe. Returns {stage name: manifest}."""
     run_dir = Path(output_dir or recipe["output_dir"])
+    recipe = gguf_models.resolve_recipe(recipe, log)
     names = [s["name"] for s in recipe["stages"]]
     if only and only not in names:
         raise UserError(f"--only {only}: the recipe has no stage named '{only}' (stages: {', '.join(names)})")
@@ -164,7 +169,7 @@ def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
             r["model_fingerprint"] = identity
             mf.write_json_atomic(out_root / label / name / "results.json", r)
         table[label] = scored
-    summary = write_summary(table, out_root)
+    summary = write_summary(table, out_root, cfg["tasks"], cfg["limit"])
     log(f"eval results ({out_root / 'results.md'}):\n{summary}")
 
 
