@@ -62,10 +62,12 @@ def _lazy_eval_parser(sub) -> None:
     from finetune.chat import add_parsers
     from finetune.data_audit import add_audit_parser
     from finetune.eval_models import add_eval_parser
+    from finetune.review import add_review_parser
 
     add_eval_parser(sub)
     add_parsers(sub)
     add_audit_parser(sub)
+    add_review_parser(sub)
 
 
 def positive_int(text: str) -> int:

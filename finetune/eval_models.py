@@ -78,6 +78,9 @@ def write_summary(results: dict[str, dict[str, dict]], out_root: Path, tasks: li
 
     published = published_scores([load_task(t) for t in tasks], limit) if tasks else {}
     table = results_table(results)
+    rules = {t: r["extraction"] for per_task in results.values() for t, r in per_task.items() if "extraction" in r}
+    if rules:
+        table += "\nAnswer extraction: " + "; ".join(f"{t}: {rule}" for t, rule in sorted(rules.items())) + "\n"
     if published:
         table += "\nPublished SQuAD v1.1 systems on the same questions (official leaderboard predictions):\n\n"
         table += results_table(published).replace("| stage |", "| system |", 1)

@@ -14,12 +14,12 @@ import random
 import time
 from pathlib import Path
 
-from finetune import squad, userfiles
+from finetune import squad, stats, userfiles
 from finetune.errors import UserError
 
 TASK_DIR = Path(__file__).resolve().parent.parent / "eval" / "tasks"
 TASK_KEYS = {"name", "metric", "data", "split", "subset", "format", "prompt", "chat_template", "few_shot",
-             "few_shot_data", "stop", "max_new_tokens", "abstain", "system", "limit"}
+             "few_shot_data", "stop", "max_new_tokens", "abstain", "system", "limit", "answer"}
 FORMATS = ("squad_json", "hf_rows", "open_qa")
 
 
@@ -40,7 +40,7 @@ def load_task(name_or_path: str) -> dict:
     task = {"name": path.stem, "metric": "squad_v1", "format": "squad_json", "chat_template": False,
             "split": "validation", "subset": None,
             "few_shot": 0, "few_shot_data": None, "stop": ["\n"], "max_new_tokens": 32, "abstain": [],
-            "system": None, "limit": None, **spec, "path": str(path)}
+            "system": None, "limit": None, "answer": None, **spec, "path": str(path)}
     for key in ("data", "prompt"):
         if not task.get(key):
             raise UserError(f"{path}: `{key}` is required")
@@ -49,6 +49,7 @@ def load_task(name_or_path: str) -> dict:
         raise UserError(f"{path}: metric must be squad_v1 or squad_v2, got {task['metric']!r}")
     if task["format"] not in FORMATS:
         raise UserError(f"{path}: format must be one of {', '.join(FORMATS)}, got {task['format']!r}")
+    task["answer"] = _check_answer_rule(path, task["answer"])
     if task["few_shot"] and not task["few_shot_data"]:
         raise UserError(f"{path}: few_shot: {task['few_shot']} needs `few_shot_data` (shots come from a separate split)")
     task["sha256"] = hashlib.sha256(json.dumps(task, sort_keys=True).encode()).hexdigest()
@@ -97,6 +98,53 @@ def _check_task_types(path: Path, task: dict) -> None:
             raise UserError(f"{path}: prompt: unknown placeholder {{{field}}}; the rows provide "
                             f"{', '.join('{' + f + '}' for f in PROMPT_FIELDS)}"
                             + (f"; did you mean {{{hint[0]}}}?" if hint else ""))
+
+
+ANSWER_KEYS = {"first_line", "strip_prefixes", "regex"}
+DEFAULT_PREFIXES = ["The answer is", "Answer:", "A:"]
+
+
+def _check_answer_rule(path: Path, rule) -> dict | None:
+    """The task's `answer:` block (how to pull the answer out of a chat model's generation), checked:
+    first_line: true/false; strip_prefixes: true (the defaults) or a list of phrases; regex: a pattern whose
+    group `answer` (or group 1) is the answer. None (no block) = no extraction beyond the stop strings."""
+    import re
+
+    if rule is None:
+        return None
+    if not isinstance(rule, dict) or not rule:
+        raise UserError(f"{path}: answer: must be a mapping with some of {sorted(ANSWER_KEYS)}, got {rule!r}")
+    unknown = set(rule) - ANSWER_KEYS
+    if unknown:
+        raise UserError(f"{path}: answer: unknown key(s) {sorted(unknown)}; known: {sorted(ANSWER_KEYS)}")
+    out = {"first_line": rule.get("first_line", False), "strip_prefixes": rule.get("strip_prefixes", []),
+           "regex": rule.get("regex")}
+    if not isinstance(out["first_line"], bool):
+        raise UserError(f"{path}: answer.first_line: must be true or false, got {out['first_line']!r}")
+    if out["strip_prefixes"] is True:
+        out["strip_prefixes"] = DEFAULT_PREFIXES
+    if not isinstance(out["strip_prefixes"], list) or not all(isinstance(x, str) and x for x in out["strip_prefixes"]):
+        raise UserError(f"{path}: answer.strip_prefixes: true or a list of phrases, got {out['strip_prefixes']!r}")
+    if out["regex"] is not None:
+        if not isinstance(out["regex"], str):
+            raise UserError(f"{path}: answer.regex: must be a string, got {out['regex']!r}")
+        try:
+            compiled = re.compile(out["regex"])
+        except re.error as e:
+            raise UserError(f"{path}: answer.regex: {e}") from None
+        if not compiled.groups:
+            raise UserError(f"{path}: answer.regex: needs a group for the answer, (?P<answer>...) or (...)")
+    return out
+
+
+def describe_answer_rule(rule: dict | None) -> str:
+    """One line for reports: which extraction rule a task used."""
+    if not rule:
+        return "none (the generation up to the first stop string)"
+    parts = (["first line"] if rule["first_line"] else []) + (
+        [f"strip a leading {' / '.join(repr(p) for p in rule['strip_prefixes'])}"] if rule["strip_prefixes"] else []
+    ) + ([f"regex {rule['regex']!r}"] if rule["regex"] else [])
+    return ", ".join(parts)
 
 
 def check_task(name_or_path: str) -> dict:
@@ -218,40 +266,82 @@ def build_prompts(task: dict, rows: list[dict], tokenizer) -> list[str]:
     return prompts
 
 
-def extract_answer(generation: str, task: dict) -> str:
-    """Cut at the first stop string; map abstention phrases to "" (no answer) for SQuAD v2."""
+def extract_answer(generation: str, task: dict) -> str | None:
+    """Cut at the first stop string, apply the task's `answer:` rule (first line, a leading phrase such as
+    "The answer is", a regex group), map abstention phrases to "" (no answer) for SQuAD v2.
+
+    Returns None when the rule's regex finds nothing (an unextractable answer, scored as wrong).
+    """
+    import re
+
     cut = len(generation)
     for stop in task["stop"]:
         at = generation.find(stop)
         if at != -1:
             cut = min(cut, at)
     answer = generation[:cut].strip()
+    rule = task.get("answer")
+    if rule:
+        if rule["first_line"]:
+            answer = answer.split("\n", 1)[0].strip()
+        for prefix in rule["strip_prefixes"]:
+            if answer.lower().startswith(prefix.lower()):
+                answer = answer[len(prefix):].lstrip(" :,-").strip()
+                break
+        if rule["regex"]:
+            m = re.search(rule["regex"], answer)
+            if m is None:
+                return None
+            answer = (m.group("answer") if "answer" in m.re.groupindex else m.group(1) or "").strip()
     if task["metric"] == "squad_v2" and squad.normalize_answer(answer) in {
             squad.normalize_answer(p) for p in task["abstain"]}:
         return ""
     return answer
 
 
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every end-of-sequence id the model stops on: its generation config's (Llama 3.1 and Qwen2.5 list
+    several) and the tokenizer's."""
+    ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = list(ids) if isinstance(ids, list | tuple) else [ids] if ids is not None else []
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def safe_stops(prompts: list[str], stops: list[str]) -> list[str]:
+    """The stop strings that may end generation early for these prompts: transformers matches a stop string
+    across the prompt's end, so one whose beginning ends a prompt (stop "\\n\\n" after a prompt ending in "\\n")
+    could stop a row before its answer. Those are left to the cut after generation."""
+    return [s for s in stops if not any(p.endswith(s[:k]) for p in prompts for k in range(1, len(s)))]
+
+
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-             chat: bool, progress: bool = True) -> list[str]:
-    """Greedy generation in left-padded batches; each output is cut at EOS, special tokens removed."""
+             chat: bool, progress: bool = True, stop: list[str] | None = None) -> list[str]:
+    """Greedy generation in left-padded batches. A row stops at any of the model's end-of-sequence ids
+    (`stop_token_ids`) or, while generating, at any `stop` string (transformers' stop_strings, those
+    `safe_stops` allows); outputs are cut at the first end-of-sequence id, special tokens removed (the stop
+    string stays: `extract_answer` cuts there). Side effect: tokenizer.padding_side = "left".
+    """
     import torch
     from tqdm.auto import tqdm
 
     tokenizer.padding_side = "left"
+    eos_ids = stop_token_ids(model, tokenizer)
     outputs: list[str] = []
     steps = range(0, len(prompts), batch_size)
     for start in tqdm(steps, desc="generating", unit="batch", disable=not progress or len(steps) < 2):
         batch = prompts[start:start + batch_size]
+        usable = safe_stops(batch, stop or [])
+        extra = {"stop_strings": usable, "tokenizer": tokenizer} if usable else {}
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not chat)
         enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids, **extra)
         for row in out[:, enc["input_ids"].shape[1]:].tolist():
-            if tokenizer.eos_token_id in row:
-                row = row[: row.index(tokenizer.eos_token_id)]
-            outputs.append(tokenizer.decode(row, skip_special_tokens=True))
+            ends = [row.index(i) for i in eos_ids if i in row]
+            outputs.append(tokenizer.decode(row[: min(ends)] if ends else row, skip_special_tokens=True))
     return outputs
 
 
@@ -276,9 +366,10 @@ def evaluate_task(model, tokenizer, task: dict, out_dir: Path | None, batch_size
     prompts = build_prompts(task, rows, tokenizer)
     started = time.time()
     generations = generate(model, tokenizer, prompts, max_new_tokens or task["max_new_tokens"], batch_size,
-                           task["chat_template"])
+                           task["chat_template"], stop=task["stop"])
     seconds = time.time() - started
-    predictions = {r["id"]: extract_answer(g, task) for r, g in zip(rows, generations, strict=True)}
+    extracted = {r["id"]: extract_answer(g, task) for r, g in zip(rows, generations, strict=True)}
+    predictions = {i: a if a is not None else "" for i, a in extracted.items()}
     dataset = _official_layout(rows)
     if task["metric"] == "squad_v1":
         scores = squad.evaluate_v1(dataset, predictions)
@@ -286,22 +377,32 @@ def evaluate_task(model, tokenizer, task: dict, out_dir: Path | None, batch_size
     else:
         result = dict(squad.evaluate_v2(dataset, predictions))
     per_q = {q["id"]: q for q in squad.per_question_scores(task["metric"], dataset, predictions)}
-    result.update(task=task["name"], metric=task["metric"], generation_seconds=round(seconds, 3),
-                  task_sha256=task["sha256"])
+    ci = stats.summarize([100 * per_q[r["id"]]["em"] for r in rows], [100 * per_q[r["id"]]["f1"] for r in rows])
+    result.update(exact_ci=ci["exact_ci"], f1_ci=ci["f1_ci"], task=task["name"], metric=task["metric"],
+                  generation_seconds=round(seconds, 3), task_sha256=task["sha256"],
+                  extraction=describe_answer_rule(task["answer"]),
+                  unextracted=sum(a is None for a in extracted.values()))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
             for r, prompt, gen in zip(rows, prompts, generations, strict=True):
                 q = per_q[r["id"]]
                 f.write(json.dumps({"id": r["id"], "prompt": prompt, "generation": gen,
-                                    "answer": predictions[r["id"]], "golds": r["golds"],
+                                    "answer": predictions[r["id"]], "extracted": extracted[r["id"]] is not None,
+                                    "golds": r["golds"],
                                     "em": q["em"], "f1": q["f1"]}, ensure_ascii=False) + "\n")
         (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
+def _cell(r: dict, key: str) -> str:
+    ci = r.get(f"{key}_ci")
+    return f"{r[key]:.1f} ({ci[0]:.1f}-{ci[1]:.1f})" if ci else f"{r[key]:.1f}"
+
+
 def results_table(results: dict[str, dict[str, dict]]) -> str:
-    """Markdown table: one row per evaluated model/stage, EM and F1 per task, side by side."""
+    """Markdown table: one row per evaluated model/stage, EM and F1 per task side by side, each with its 95%
+    bootstrap confidence interval over questions in brackets when the results carry one."""
     tasks = sorted({t for per_task in results.values() for t in per_task})
     head = "| stage | " + " | ".join(f"{t} EM | {t} F1" for t in tasks) + " |"
     sep = "|---|" + "---:|---:|" * len(tasks)
@@ -310,6 +411,73 @@ def results_table(results: dict[str, dict[str, dict]]) -> str:
         cells = []
         for t in tasks:
             r = per_task.get(t)
-            cells += [f"{r['exact']:.1f}", f"{r['f1']:.1f}"] if r else ["", ""]
+            cells += [_cell(r, "exact"), _cell(r, "f1")] if r else ["", ""]
         lines.append(f"| {stage} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def clean_and_overlap(predictions: dict[str, dict], overlap_ids: set[str]) -> dict:
+    """EM/F1 (with CIs) on the clean questions and on those overlapping the training data, side by side:
+    {"clean": {...}, "overlap": {...}} with "total" counts; a part with no question is {"total": 0}."""
+    out = {}
+    for part, keep in (("clean", lambda i: i not in overlap_ids), ("overlap", lambda i: i in overlap_ids)):
+        rows = [r for i, r in predictions.items() if keep(i)]
+        out[part] = stats.summarize([100 * r["em"] for r in rows], [100 * r["f1"] for r in rows]) if rows \
+            else {"total": 0}
+    return out
+
+
+def contamination_table(split: dict[str, dict[str, dict]]) -> str:
+    """Markdown: per stage and task, EM/F1 on clean and on overlapping questions, with counts."""
+    def cells(r: dict) -> str:
+        return f"{r['total']} | {_cell(r, 'exact')} | {_cell(r, 'f1')}" if r["total"] else "0 | | "
+
+    lines = ["| stage | task | clean n | clean EM | clean F1 | overlap n | overlap EM | overlap F1 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for stage, per_task in split.items():
+        for task, parts in per_task.items():
+            lines.append(f"| {stage} | {task} | {cells(parts['clean'])} | {cells(parts['overlap'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def compare_stages(out_root: Path, pairs: list[tuple[str, str]], tasks: list[str]) -> list[dict]:
+    """Paired comparisons of evaluated stages (each (from, to) pair, each task) from their predictions.jsonl
+    under out_root/<stage>/<task>/; writes out_root/comparisons/<from>_vs_<to>/<task>/flips.jsonl (the
+    questions whose exact match changed, with both answers), comparisons.json and comparisons.md. Returns
+    the comparisons (see `stats.compare`), each with "task", "from", "to"."""
+    out = []
+    for a, b in pairs:
+        for task in tasks:
+            pa, pb = out_root / a / task / "predictions.jsonl", out_root / b / task / "predictions.jsonl"
+            if not (pa.is_file() and pb.is_file()):
+                continue
+            rows_a, rows_b = read_predictions(pa), read_predictions(pb)
+            out.append({"task": task, "from": a, "to": b, **stats.compare(rows_a, rows_b)})
+            folder = out_root / "comparisons" / f"{a}_vs_{b}" / task
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "flips.jsonl").write_text("".join(json.dumps(f, ensure_ascii=False) + "\n"
+                                                        for f in stats.flips(rows_a, rows_b)), encoding="utf-8")
+    if out:
+        (out_root / "comparisons.json").write_text(json.dumps(out, indent=2) + "\n")
+        (out_root / "comparisons.md").write_text(comparison_table(out))
+    return out
+
+
+def read_predictions(path: Path) -> dict[str, dict]:
+    """question id -> the row of a predictions.jsonl written by `evaluate_task`."""
+    return {row["id"]: row for row in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if row}
+
+
+def comparison_table(comparisons: list[dict]) -> str:
+    """Markdown table of paired stage comparisons (see `stats.compare`); a difference is marked with * only
+    when its paired test gives p < stats.ALPHA."""
+    lines = ["| task | from | to | questions | ΔEM (95% CI) | p (McNemar) | ΔF1 (95% CI) | p (sign-flip) | "
+             "right→wrong | wrong→right |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in comparisons:
+        mark = {k: "*" if c[f"significant_{k}"] else "" for k in ("exact", "f1")}
+        lines.append(f"| {c['task']} | {c['from']} | {c['to']} | {c['questions']} | "
+                     f"{c['delta_exact']:+.1f}{mark['exact']} ({c['delta_exact_ci'][0]:+.1f} to "
+                     f"{c['delta_exact_ci'][1]:+.1f}) | {c['p_exact']:.3g} | {c['delta_f1']:+.1f}{mark['f1']} "
+                     f"({c['delta_f1_ci'][0]:+.1f} to {c['delta_f1_ci'][1]:+.1f}) | {c['p_f1']:.3g} | "
+                     f"{c['lost']} | {c['gained']} |")
+    return "\n".join(lines) + f"\n\n`*`: the paired test gives p < {stats.ALPHA}; without it the difference is noise.\n"

@@ -8,6 +8,7 @@ loaded state dict, saves normally.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ from pathlib import Path
 from finetune.errors import UserError
 
 SOURCE_FILE = "gguf_source.json"  # written into every imported folder: which GGUF it came from
+IMPORT_VERSION = 2  # bumped when the imported folder changes; an older import is redone (2: no GGUF quant config)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
@@ -62,8 +64,12 @@ def import_gguf(gguf: str | Path, out: str | Path, sha256: str | None = None, lo
     sha256 = sha256 or sha256_file(gguf)
     if out.exists():
         source = out / SOURCE_FILE
-        if source.is_file() and json.loads(source.read_text()).get("sha256") == sha256:
+        recorded = json.loads(source.read_text()) if source.is_file() else {}
+        if recorded.get("sha256") == sha256 and recorded.get("import_version") == IMPORT_VERSION:
             return out
+        if recorded.get("sha256") == sha256:  # our own older import of the same file: redo it
+            shutil.rmtree(out)
+            return import_gguf(gguf, out, sha256, log)
         raise UserError(f"{out}: exists and is not an import of {gguf.name}; choose another folder (nothing "
                         f"there is overwritten)")
     log(f"importing {gguf.name} (sha256 {sha256[:12]}): dequantising to {out}")
@@ -73,7 +79,10 @@ def import_gguf(gguf: str | Path, out: str | Path, sha256: str | None = None, lo
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         first = (str(e).strip().splitlines() or [e.__class__.__name__])[0]
         raise UserError(f"{gguf}: transformers cannot load this GGUF ({first[:200]})") from None
-    model = AutoModelForCausalLM.from_config(loaded.config)
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):  # the weights are dequantised: nothing of GGUF is left to say
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
     tmp = out.with_name(out.name + ".partial")
@@ -81,7 +90,8 @@ def import_gguf(gguf: str | Path, out: str | Path, sha256: str | None = None, lo
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / SOURCE_FILE).write_text(json.dumps({"gguf_file": gguf.name, "sha256": sha256,
-                                               "bytes": gguf.stat().st_size}, indent=2) + "\n")
+                                               "bytes": gguf.stat().st_size,
+                                               "import_version": IMPORT_VERSION}, indent=2) + "\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(out)
     return out

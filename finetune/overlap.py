@@ -113,9 +113,11 @@ class EvalIndex:
             self.grams.setdefault(g, []).append(ref)
 
     def scan(self, texts: list[str], source: str) -> dict:
-        """Rows sharing a gram with an eval question/context; rows holding a question gram and its answer."""
+        """Rows sharing a gram with an eval question/context; rows holding a question gram and its answer;
+        and per task the ids of the eval questions whose question or context shares a gram with any row."""
         ok = [t for t, v in self.tasks.items() if v["status"] == "ok"]
         per_task = {t: {"rows": 0, "rows_with_answer": 0} for t in ok}
+        touched: dict[str, set[str]] = {t: set() for t in ok}  # eval questions a row shares an n-gram with
         rows, rows_answer, examples = 0, 0, []
         for i, text in enumerate(texts):
             w = words(text)
@@ -125,6 +127,7 @@ class EvalIndex:
                 for k in range(len(w) - length + 1):
                     gram = " ".join(w[k:k + length])
                     for task, eid, field in self.grams.get(gram, ()):
+                        touched[task].add(eid)
                         level = 0 if field == "context" else 1 + any(
                             f" {a} " in padded for a in self.golds[(task, eid)])
                         if level > best.get(task, (-1,))[0]:
@@ -139,6 +142,7 @@ class EvalIndex:
                 if len(examples) < 20:
                     examples.append({"source": source, "row": i, "task": task, "eval_id": eid, "field": field,
                                      "ngram": gram})
-        return {"rows": rows, "rows_with_answer": rows_answer, "per_task": per_task, "examples": examples}
+        return {"rows": rows, "rows_with_answer": rows_answer, "per_task": per_task, "examples": examples,
+                "eval_ids": {t: sorted(ids) for t, ids in touched.items()}}
 
 

@@ -171,6 +171,50 @@ def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
         table[label] = scored
     summary = write_summary(table, out_root, cfg["tasks"], cfg["limit"])
     log(f"eval results ({out_root / 'results.md'}):\n{summary}")
+    from finetune.evaluation import compare_stages, comparison_table
+
+    pairs = [(m["init"]["stage"] or "base", name) for name, m in results.items()
+             if m["kind"] in POLICY_KINDS and (m["init"]["stage"] or cfg["base"])]
+    comparisons = compare_stages(out_root, pairs, [t["name"] for t in tasks])
+    if comparisons:
+        log(f"paired comparisons ({out_root / 'comparisons.md'}):\n{comparison_table(comparisons)}")
+    split = contamination_split(recipe, run_dir, results, table, [t["name"] for t in tasks])
+    if split:
+        log(f"clean vs overlapping questions ({out_root / 'contamination.md'}):\n"
+            f"{(out_root / 'contamination.md').read_text()}")
+
+
+def contamination_split(recipe: dict, run_dir: Path, results: dict, table: dict, tasks: list[str]) -> dict:
+    """Per evaluated stage and task, EM/F1 on the questions that share an n-gram (question or context) with
+    the training data of that stage and the stages it started from (the data audit's overlap index), and on
+    the rest; writes eval/contamination.json and .md. Returns {} when the data audit did not run."""
+    from finetune.evaluation import clean_and_overlap, contamination_table, read_predictions
+
+    audit = mf.read_json(run_dir / "audit" / "audit.json")
+    if not audit:
+        return {}
+    ids_of_source: dict[str, dict[str, set[str]]] = {}
+    for entry in audit["sources"].values():
+        for task, ids in entry["contamination"].get("eval_ids", {}).items():
+            ids_of_source.setdefault(entry["source"], {}).setdefault(task, set()).update(ids)
+    stages = {s["name"]: s for s in recipe["stages"]}
+
+    def sources(name: str | None) -> set[str]:  # the stage's data and that of the stages it started from
+        if name is None:
+            return set()
+        return set(stages[name]["data"]) | sources(stages[name]["from"])
+
+    split: dict[str, dict[str, dict]] = {}
+    for label in table:
+        used = sources(label if label in stages else None)
+        for task in tasks:
+            path = run_dir / "eval" / label / task / "predictions.jsonl"
+            if path.is_file():
+                overlap = set().union(*(ids_of_source.get(src, {}).get(task, set()) for src in used))
+                split.setdefault(label, {})[task] = clean_and_overlap(read_predictions(path), overlap)
+    mf.write_json_atomic(run_dir / "eval" / "contamination.json", split)
+    (run_dir / "eval" / "contamination.md").write_text(contamination_table(split))
+    return split
 
 
 def run_data_audit(recipe: dict, run_dir: Path) -> dict | None:

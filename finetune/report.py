@@ -130,6 +130,41 @@ def write_report(run_dir: Path, recipe: dict, manifests: dict[str, dict]) -> Pat
             links = ", ".join(f"[{t}](eval/{stage}/{t}/predictions.jsonl)" for t in per_task)
             lines.append(f"- predictions of {stage}: {links}")
         lines.append("")
+        lines += _comparisons_section(run_dir / "eval")
+        if (run_dir / "eval" / "contamination.md").is_file():
+            lines += ["## Clean vs overlapping questions", "",
+                      "Questions whose question or context shares an n-gram with the training data of the stage "
+                      "(and the stages it started from), per the data audit's overlap index, scored apart:", "",
+                      (run_dir / "eval" / "contamination.md").read_text(), ""]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _short(text, width: int = 60) -> str:
+    text = " ".join(str(text or "").split()).replace("|", "\\|")
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _comparisons_section(eval_dir: Path, per_direction: int = 3) -> list[str]:
+    """The paired stage comparisons and, for each, a few questions that flipped each way."""
+    comparisons = read_json(eval_dir / "comparisons.json")
+    if not comparisons:
+        return []
+    lines = ["## Paired comparisons between stages (same questions)", "",
+             (eval_dir / "comparisons.md").read_text(), ""]
+    for c in comparisons:
+        folder = f"comparisons/{c['from']}_vs_{c['to']}/{c['task']}"
+        flips_path = eval_dir / folder / "flips.jsonl"
+        flips = [json.loads(x) for x in flips_path.read_text(encoding="utf-8").splitlines()] if flips_path.is_file() else []
+        if not flips:
+            continue
+        lines += [f"**{c['task']}: {c['from']} → {c['to']}**, {c['lost']} right→wrong, {c['gained']} wrong→right "
+                  f"([all](eval/{folder}/flips.jsonl))", "",
+                  f"| change | gold | {c['from']} | {c['to']} |", "|---|---|---|---|"]
+        for change in ("right->wrong", "wrong->right"):
+            for f in [f for f in flips if f["change"] == change][:per_direction]:
+                lines.append(f"| {change} | {_short((f['golds'] or [''])[0], 40)} | {_short(f['answer_a'], 40)} | "
+                             f"{_short(f['answer_b'], 40)} |")
+        lines.append("")
+    return lines

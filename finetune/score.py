@@ -47,6 +47,11 @@ def add_score_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="write one JSON line per question (id, prediction, golds, em, f1) for error analysis",
     )
+    p.add_argument(
+        "--stats",
+        action="store_true",
+        help="also print EM/F1 with 95%% bootstrap confidence intervals over questions (seeded, 1000 resamples)",
+    )
     p.set_defaults(func=run_score)
     return p
 
@@ -83,12 +88,13 @@ def run_score(args: argparse.Namespace) -> int:
             result: dict = squad.evaluate_v2(dataset, predictions, na_probs, thresh)
             rows = (
                 squad.per_question_scores("squad_v2", dataset, predictions, na_probs, thresh)
-                if args.per_question
+                if args.per_question or args.stats
                 else []
             )
         else:
             result = squad.evaluate_v1(dataset, predictions)
-            rows = squad.per_question_scores("squad_v1", dataset, predictions) if args.per_question else []
+            rows = (squad.per_question_scores("squad_v1", dataset, predictions)
+                    if args.per_question or args.stats else [])
     except UserError as e:
         # The remaining faults (no questions, v1 question without answers) are in the dataset.
         raise UserError(f"{args.dataset}: {e}") from None
@@ -97,6 +103,13 @@ def run_score(args: argparse.Namespace) -> int:
     print(json.dumps(result, indent=2) if v2 else json.dumps(result))
     if args.out_file:
         _write_text(args.out_file, json.dumps(result), "the result")
+    if args.stats:
+        from finetune import stats
+
+        summary = stats.summarize([100 * r["em"] for r in rows], [100 * r["f1"] for r in rows])
+        print(f"EM {summary['exact']:.2f} (95% CI {summary['exact_ci'][0]:.2f}-{summary['exact_ci'][1]:.2f}), "
+              f"F1 {summary['f1']:.2f} (95% CI {summary['f1_ci'][0]:.2f}-{summary['f1_ci'][1]:.2f}) over "
+              f"{summary['total']} questions (percentile bootstrap, {stats.N_RESAMPLES} resamples, seed {stats.SEED})")
     if args.per_question:
         lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         _write_text(args.per_question, lines, "per-question scores")

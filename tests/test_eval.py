@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -53,7 +54,7 @@ def test_every_shipped_task_runs_and_matches_official_scoring(model_and_tokenize
     result = evaluate_task(model, tok, task, tmp_path, batch_size=8)
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == result["total"] == len(_read_rows(task["data"], task["format"]))
-    assert set(rows[0]) == {"id", "prompt", "generation", "answer", "golds", "em", "f1"}
+    assert set(rows[0]) == {"id", "prompt", "generation", "answer", "extracted", "golds", "em", "f1"}
     assert json.loads((tmp_path / "results.json").read_text())["exact"] == result["exact"]
     if task["format"] == "squad_json":  # the harness's numbers are the official script's on the same answers
         dataset = squad.load_squad_dataset(task["data"])
@@ -137,3 +138,87 @@ def test_finetune_eval_on_model_and_on_run(tiny_llama, write_recipe, tmp_path):
 def test_finetune_eval_bad_input_is_one_line(tmp_path):
     out = run_cli("eval", str(tmp_path / "nothing"), "--task", "squad_v1_tiny")
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
+
+
+def rule_task(**answer):
+    from finetune.evaluation import _check_answer_rule
+
+    return {"stop": ["\n"], "metric": "squad_v1", "abstain": [],
+            "answer": _check_answer_rule(REPO / "t.yaml", answer or None)}
+
+
+def test_answer_rules_extract_from_chat_style_generations():
+    assert extract_answer("The answer is Paris.", rule_task()) == "The answer is Paris."  # default: none
+    assert extract_answer("The answer is Paris.", rule_task(strip_prefixes=True)) == "Paris."
+    assert extract_answer("answer: 1897", rule_task(strip_prefixes=True)) == "1897"
+    task = rule_task(regex=r"is (?P<answer>[A-Z][a-z]+)")
+    assert extract_answer("I think it is Lima, the capital.", task) == "Lima"
+    assert extract_answer("no idea", task) is None  # unextractable, scored as wrong and counted
+    both = {**rule_task(first_line=True, strip_prefixes=["Final:"]), "stop": []}
+    assert extract_answer("Final: 42\nbecause ...", both) == "42"
+
+
+@pytest.mark.parametrize("answer, message", [
+    ({"regex": "("}, "answer.regex: missing ), unterminated subpattern"),
+    ({"regex": "Paris"}, "answer.regex: needs a group"),
+    ({"first_line": "yes"}, "answer.first_line: must be true or false"),
+    ({"strip_prefixes": "Answer:"}, "answer.strip_prefixes: true or a list"),
+    ({"extract": True}, "answer: unknown key(s) ['extract']"),
+    ([1], "answer: must be a mapping"),
+])
+def test_bad_answer_rules_are_one_line(answer, message, tmp_path):
+    import yaml
+
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump({"data": "x.jsonl", "prompt": "{question}", "answer": answer}))
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_task(str(path))
+
+
+def test_generation_stops_on_every_eos_id_of_the_generation_config(model_and_tokenizer):
+    """Llama 3.1 and Qwen2.5 list several end-of-sequence ids; each one ends an answer."""
+    model, tok = model_and_tokenizer
+    prompt = ["Context: Ana has 3 cats.\nQuestion: How many cats?"]
+    free = tok(generate(model, tok, prompt, 12, 1, chat=False, progress=False)[0], add_special_tokens=False)
+    raw = model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=12, do_sample=False,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0].tolist()
+    new = raw[len(tok(prompt[0])["input_ids"]):]
+    third = new[2]
+    assert third != tok.eos_token_id and free["input_ids"]
+    saved = model.generation_config.eos_token_id
+    try:
+        model.generation_config.eos_token_id = [tok.eos_token_id, third]
+        cut = generate(model, tok, prompt, 12, 1, chat=False, progress=False)[0]
+    finally:
+        model.generation_config.eos_token_id = saved
+    assert cut == tok.decode(new[:new.index(third)], skip_special_tokens=True)
+
+
+def test_stop_strings_end_generation_early_with_the_same_answer(model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    candidates = ["Question: What is the capital of Peru?", "Context: Bram likes pears.\nQuestion: What does Bram like?",
+                  "Give the plural form of day.", "How many legs does a frog have?", "Opposite of hot?"]
+    free = generate(model, tok, candidates, 24, 8, chat=False, progress=False)
+
+    def piece(f: str, prompt: str) -> str | None:  # two characters of the generation, past its start, new to it
+        return next((f[i:i + 2] for i in range(2, len(f) - 2) if f[i].strip() and f[i] != prompt[-1]
+                     and f[i:i + 2] not in f[:i + 1]), None)
+
+    kept = [(p, f, piece(f, p)) for p, f in zip(candidates, free, strict=True) if piece(f, p)]
+    assert kept, free
+    prompts, free, stops = (list(x) for x in zip(*kept, strict=True))
+    from finetune.evaluation import safe_stops
+
+    assert safe_stops(prompts, stops) == stops
+    stopped = generate(model, tok, prompts, 24, 8, chat=False, progress=False, stop=stops)
+    for f, s in zip(free, stopped, strict=True):
+        assert f.startswith(s) and len(s) < len(f), "generation ended at a stop string, not at max_new_tokens"
+        task = {"stop": stops, "metric": "squad_v1", "abstain": [], "answer": None}
+        assert extract_answer(s, task) == extract_answer(f, task)
+
+
+def test_a_stop_string_that_could_straddle_the_prompt_is_only_cut_after_generation():
+    from finetune.evaluation import safe_stops
+
+    assert safe_stops(["Question: x\nAnswer:\n"], ["\n\n", "\n", "###"]) == ["\n", "###"]
+    assert safe_stops(["ends with #"], ["###"]) == []

@@ -39,7 +39,17 @@ def test_tiny_pipeline_end_to_end_then_rerun_trains_nothing(tiny_llama, tmp_path
         assert (f"| {stage} |" in table) == (stage != "reward"), table
     if "reward" in results:
         assert 0 <= results["reward"]["reward_accuracy"]["accuracy"] <= 1
+    assert "(" in table.splitlines()[2], "EM/F1 carry their confidence intervals"
+    comparisons = json.loads((tmp_path / "run" / "eval" / "comparisons.json").read_text())
+    assert [(c["from"], c["to"]) for c in comparisons] == [("base", "sft"), ("sft", name)]
+    split = json.loads((tmp_path / "run" / "eval" / "contamination.json").read_text())
+    assert split["base"]["capitals_open_chat"]["overlap"]["total"] == 0  # the base saw no training data
+    for stage in ("sft", name):
+        parts = split[stage]["capitals_open_chat"]
+        assert parts["clean"]["total"] + parts["overlap"]["total"] == 4
     check_report(tmp_path / "run", STAGES[name])
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## Paired comparisons between stages" in report and "## Clean vs overlapping questions" in report
     stamps = {s: (tmp_path / "run" / s / "manifest.json").stat().st_mtime_ns for s in STAGES[name]}
     capsys.readouterr()
     again = run_recipe(load_recipe(f"recipes/tiny/{name}.yaml", overrides), output_dir=out_dir)

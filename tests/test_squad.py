@@ -540,3 +540,16 @@ def test_evaluate_module_matches_score(evaluate_mod, tmp_path, capsys):
         cli = json.loads(score_cli(capsys, "squad_v2", *args, "--na-prob-thresh", str(thresh)).out)
         got = metric.compute(predictions=predictions, references=references, no_answer_threshold=thresh)
         assert got == cli and list(got) == list(cli)
+
+
+def test_score_stats_prints_the_bootstrap_intervals(tmp_path, capsys):
+    from finetune import stats
+
+    path, data, preds, _ = _tiny("v1")
+    res = score_cli(capsys, "squad_v1", path, write_json(tmp_path / "p.json", preds), "--stats")
+    official, line = res.out.splitlines()
+    assert json.loads(official) == ref_evaluate_v1(data, preds)
+    rows = squad.per_question_scores("squad_v1", data, preds)
+    em_low, em_high = stats.bootstrap_ci([100 * r["em"] for r in rows])
+    assert line.startswith(f"EM {json.loads(official)['exact_match']:.2f} (95% CI {em_low:.2f}-{em_high:.2f})")
+    assert f"over {len(rows)} questions" in line
