@@ -11,7 +11,7 @@ import pytest
 from statsmodels.stats.contingency_tables import mcnemar
 
 from finetune import stats
-from finetune.evaluation import comparison_table, compare_stages, results_table
+from finetune.evaluation import compare_stages, comparison_table, results_table
 
 RNG = np.random.default_rng(12345)
 EM_A = (RNG.random(240) < 0.55).astype(float) * 100
