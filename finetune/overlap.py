@@ -55,8 +55,33 @@ def _near_pairs(sets: dict[int, set[str]]) -> tuple[list[tuple[int, int, float]]
     return sorted(found), False
 
 
+SHARED_PASSAGE_WORDS = 20  # a line this long that several rows hold is a shared passage (a QA context)
+
+
+def without_shared_passages(texts: list[str]) -> list[str]:
+    """Each text without the lines of >= SHARED_PASSAGE_WORDS words that another text holds too.
+
+    Reading-comprehension rows repeat one context for several questions; two rows that share a context but ask
+    different questions are not duplicates, so near-duplicates are judged on what is left: the instruction,
+    question and answer. A text made only of shared lines is kept whole.
+    """
+    from collections import Counter
+
+    def long_lines(text: str) -> set[str]:
+        return {key for line in text.splitlines() if len((key := " ".join(words(line))).split())
+                >= SHARED_PASSAGE_WORDS}
+
+    counts = Counter(line for t in texts for line in long_lines(t))
+    out = []
+    for t in texts:
+        kept = [line for line in t.splitlines() if counts.get(" ".join(words(line)), 0) < 2]
+        out.append("\n".join(kept) if any(line.strip() for line in kept) else t)
+    return out
+
+
 def duplicates(texts: list[str]) -> dict:
-    """Exact duplicates (lowercased, whitespace collapsed) and near duplicates among the distinct rows."""
+    """Exact duplicates (lowercased, whitespace collapsed) and near duplicates among the distinct rows, the
+    latter judged without shared passages (`without_shared_passages`)."""
     first: dict[str, int] = {}
     exact = []
     for i, t in enumerate(texts):
@@ -65,11 +90,13 @@ def duplicates(texts: list[str]) -> dict:
             exact.append((first[key], i))
         elif key:
             first[key] = i
-    near, capped = _near_pairs({i: s for i in first.values() if (s := _shingles(texts[i]))})
+    judged = without_shared_passages(texts)
+    near, capped = _near_pairs({i: s for i in first.values() if (s := _shingles(judged[i]))})
     near_rows = len({j for _, j, _ in near})
     out = {"exact": len(exact), "near": near_rows, "share": round((len(exact) + near_rows) / len(texts), 4),
            "exact_examples": [list(p) for p in exact[:10]], "near_examples": [list(p) for p in near[:10]],
-           "method": f"MinHash LSH over word {SHINGLE}-shingles, Jaccard >= {NEAR_DUP}"}
+           "method": f"MinHash LSH over word {SHINGLE}-shingles, Jaccard >= {NEAR_DUP}, lines of >= "
+                     f"{SHARED_PASSAGE_WORDS} words that several rows share (a QA context) left out"}
     if capped:
         out["note"] = f"near-duplicate search stopped after {MAX_PAIR_CHECKS:,} pair checks; a lower bound"
     return out

@@ -251,3 +251,25 @@ def test_run_audits_in_a_child_process_and_stops_before_training(tiny_llama, wri
     assert res.returncode == 0, res.stderr
     assert res.stdout.split("\n")[-2] == "['chat'] False"
     assert "source" in res.stderr and (tmp_path / "run2" / "audit" / "lengths-chat.png").exists()
+
+
+def test_rows_sharing_a_context_are_judged_on_question_and_answer():
+    """Real reading-comprehension rows (XQuAD-en, recipes/realdata): several questions share one context.
+    Before, 241 of 829 such rows were flagged as near-duplicates of each other; they are different questions."""
+    from finetune.data_audit import row_text
+    from finetune.overlap import duplicates
+
+    rows = [json.loads(x) for x in (REPO / "recipes/realdata/xquad/train_chat.jsonl").read_text().splitlines()]
+    texts = [row_text(r) for r in rows]
+    found = duplicates(texts)
+    assert found["near"] == 0 and found["exact"] == 3  # SQuAD repeats 3 question+answer pairs verbatim
+    for i, j in found["exact_examples"]:  # the same words (answers differ only in spaces around them)
+        assert " ".join(texts[i].lower().split()) == " ".join(texts[j].lower().split())
+    # the same question and answer on the same context, differing only in punctuation, is still a near duplicate
+    user, answer = rows[0]["messages"][0]["content"], rows[0]["messages"][1]["content"]
+    again = {"messages": [{"role": "user", "content": user.rstrip("?") + " ?"},
+                          {"role": "assistant", "content": answer + "."}]}
+    other = next(r for r in rows[1:] if r["messages"][0]["content"].split("Question:")[0]
+                 == user.split("Question:")[0])  # another question on the same context
+    pair = duplicates([texts[0], row_text(again), row_text(other)])
+    assert (pair["exact"], pair["near"]) == (0, 1) and pair["near_examples"][0][:2] == [0, 1]
