@@ -82,6 +82,53 @@ def git_commit() -> str | None:
         return None
 
 
+class PeakMemory:
+    """Peak resident memory (RSS) of this process while the `with` block runs, sampled every `interval`
+    seconds by a daemon thread from /proc/self/statm (Linux), plus the process's lifetime peak (ru_maxrss).
+    `.result()` gives {"peak_rss_mb", "process_peak_rss_mb"} (None where the platform cannot say)."""
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.peak, self._stop = interval, 0, None
+
+    @staticmethod
+    def _rss() -> int | None:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def __enter__(self):
+        import threading
+
+        self._stop = threading.Event()
+
+        def sample():
+            while True:
+                rss = self._rss()
+                if rss is not None:
+                    self.peak = max(self.peak, rss)
+                if self._stop.wait(self.interval):
+                    return
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def result(self) -> dict:
+        try:
+            import resource
+
+            lifetime = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+        except ImportError:
+            lifetime = None
+        return {"peak_rss_mb": round(self.peak / 2**20, 1) if self.peak else None, "process_peak_rss_mb": lifetime}
+
+
 def host_summary() -> dict:
     info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
     try:

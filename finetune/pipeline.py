@@ -46,14 +46,10 @@ def _source_identity(src: dict) -> dict:
 
 
 def stage_inputs(recipe: dict, stage: dict, init: dict) -> dict:
-    inputs = {
+    return {
         "stage": stage, "seed": recipe["seed"], "base_model": recipe["base_model"], "init": init,
         "data": {name: _source_identity(recipe["data"][name]) for name in stage["data"]},
     }
-    gguf = gguf_models.source_of(recipe["base_model"]["path"])
-    if gguf:  # a base model dequantised from a GGUF file: its name and sha256
-        inputs["base_model_gguf"] = gguf
-    return inputs
 
 
 def _is_main_process() -> bool:
@@ -323,7 +319,8 @@ def _run_stage(recipe: dict, stage: dict, init: dict, stage_dir: Path, fp: str,
     _state().wait_for_everyone()
     log(f"{stage['name']}: {stage['kind']} stage -> {stage_dir}")
     started = time.time()
-    out = runner(recipe, stage, init, stage_dir, log=lambda m: log(f"{stage['name']}: {m}"))
+    with mf.PeakMemory() as memory:
+        out = runner(recipe, stage, init, stage_dir, log=lambda m: log(f"{stage['name']}: {m}"))
     manifest = {
         "stage": stage["name"], "kind": stage["kind"], "recipe": recipe["name"], "seed": recipe["seed"],
         "inputs_fingerprint": fp, "init": init, "resolved_recipe": {k: v for k, v in recipe.items()},
@@ -331,6 +328,8 @@ def _run_stage(recipe: dict, stage: dict, init: dict, stage_dir: Path, fp: str,
         **out, "data_audit": audit_summary, "world_size": _state().num_processes, "packages": mf.package_versions(), "git_commit": mf.git_commit(), "host": mf.host_summary(),
         "timings": {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
                     "seconds": round(time.time() - started, 2)},
+        "memory": memory.result(),
+        "base_model_gguf": gguf_models.source_of(recipe["base_model"]["path"]),  # GGUF name and sha256, if any
     }
     if _is_main_process():
         history = manifest.pop("log_history", [])
@@ -339,5 +338,7 @@ def _run_stage(recipe: dict, stage: dict, init: dict, stage_dir: Path, fp: str,
                 f.write(json.dumps(row) + "\n")
         mf.write_json_atomic(stage_dir / "manifest.json", manifest)  # last: the stage is now done
     _state().wait_for_everyone()
-    log(f"{stage['name']}: done in {manifest['timings']['seconds']} s")
+    peak = manifest["memory"]["peak_rss_mb"]
+    log(f"{stage['name']}: done in {manifest['timings']['seconds']} s" + (f", peak RSS {peak / 1024:.2f} GB" if peak
+                                                                           else ""))
     return manifest

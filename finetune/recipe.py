@@ -197,6 +197,10 @@ def _check_train_block(kind: str, train: dict, key: str, file: str) -> None:
     for owned in ("output_dir", "seed"):
         if owned in train:
             raise UserError(f"{file}: {key}.{owned}: set by the toolkit; use the recipe's top-level `{owned}`")
+    if kind == "sft":  # the stage's `loss:` sets these from the data's kind (finetune.stages.sft.LOSS_FLAGS)
+        for owned in ("assistant_only_loss", "completion_only_loss"):
+            if owned in train:
+                raise UserError(f"{file}: {key}.{owned}: set the stage's `loss:` instead")
 
 
 def _check_local_path(value: str, key: str, file: str, kind: str) -> None:

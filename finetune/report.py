@@ -94,8 +94,8 @@ def write_report(run_dir: Path, recipe: dict, manifests: dict[str, dict]) -> Pat
     lines = [f"# Run report: {recipe['name']}", "",
              f"Base model `{recipe['base_model']['path']}`, seed {recipe['seed']}, stages: "
              + " → ".join(f"{m['stage']} ({m['kind']})" for m in manifests.values()), ""]
-    lines += ["| stage | kind | from | train rows | trainable params | time (s) | notes | manifest |",
-              "|---|---|---|---:|---:|---:|---|---|"]
+    lines += ["| stage | kind | from | train rows | trainable params | time (s) | peak RSS (GB) | notes | manifest |",
+              "|---|---|---|---:|---:|---:|---:|---|---|"]
     for name, m in manifests.items():
         notes = []
         if m.get("reward_accuracy"):
@@ -108,9 +108,10 @@ def write_report(run_dir: Path, recipe: dict, manifests: dict[str, dict]) -> Pat
             notes.append(f"{audit['supervised_share']:.0%} of tokens supervised")
         if audit.get("pairs_answer_truncated"):
             notes.append(f"answers truncated in {audit['pairs_answer_truncated']} of {audit['pairs']} pairs")
+        peak = (m.get("memory") or {}).get("peak_rss_mb")
         lines.append(f"| {name} | {m['kind']} | {m['init']['stage'] or 'base'} | {m['data']['train_rows']} | "
-                     f"{m['parameters']['trainable']:,} | {m['timings']['seconds']} | {'; '.join(notes)} | "
-                     f"[manifest]({name}/manifest.json) |")
+                     f"{m['parameters']['trainable']:,} | {m['timings']['seconds']} | "
+                     f"{f'{peak / 1024:.2f}' if peak else ''} | {'; '.join(notes)} | [manifest]({name}/manifest.json) |")
     lines.append("")
     losses = [(name, *_series(_history(run_dir / name), "loss")) for name in manifests]
     if _plot_lines(figs / "loss.png", "training loss per stage", losses, "loss"):

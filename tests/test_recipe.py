@@ -158,6 +158,10 @@ BAD_RECIPES = [
     case("missing-chat-template", top("base_model: {path: $MODEL, chat_template: $TMP/nope.jinja}\n"),
          "base_model.chat_template: file '", "nope.jinja' not found"),
     case("missing-eval-task-file", top("eval: {tasks: [$TMP/nope.yaml]}\n"), "eval.tasks[0]: task file '", "not found"),
+    case("owned-loss-flag", stage("train: {assistant_only_loss: true}"),  # refused by validate, not at training
+         "stages[0].train.assistant_only_loss: set the stage's `loss:` instead"),
+    case("missing-training-chat-template", top("base_model: {path: $MODEL, training_chat_template: $TMP/no.jinja}\n"),
+         "base_model.training_chat_template: file '", "no.jinja' not found"),
     case("quantization-without-peft", stage("quantization: {bits: 4}"),
          "stages[0].quantization: a quantised base can only be trained through an adapter", "peft"),
     case("duplicate-stage-names", top("stages: [{kind: sft, data: [chat]}, {kind: sft, data: [chat]}]\n"),
