@@ -152,6 +152,7 @@ def prompts_only(ds, where: str):
         kinds.add("text" if isinstance(prompt, str) else "chat")
         if len(kinds) > 1:
             raise UserError(f"{where}: row {i}: mixes text and conversational prompts; use one layout per source")
-        rows.append({"prompt": prompt})
+        # gold answers travel with the prompt, for verifiable rewards (finetune.rewards)
+        rows.append({"prompt": prompt, **({"answers": row["answers"]} if "answers" in cols else {})})
     kind = "text" if isinstance(rows[0]["prompt"], str) else "chat"
     return datasets.Dataset.from_list(rows), {}, kind

@@ -265,6 +265,7 @@ def validate(raw: dict, file: str) -> dict:
             raise UserError(f"{file}: {key}.quantization: a quantised base can only be trained through an "
                             f"adapter; add a `peft:` block (QLoRA) or remove `quantization`")
         _check_train_block(stage["kind"], stage["train"], f"{key}.train", file)
+        _check_rewards(stage, key, file)
     _resolve_stage_links(recipe["stages"], file)
     if recipe["eval"]:
         from finetune.evaluation import check_task
@@ -279,6 +280,26 @@ def validate(raw: dict, file: str) -> dict:
             except UserError as e:
                 raise UserError(f"{file}: eval.tasks[{j}]: {e}") from None
     return recipe
+
+
+def _check_rewards(stage: dict, key: str, file: str) -> None:
+    """`rewards:` only on grpo/rloo stages, known function names, finite weights, and not also in `train`."""
+    from finetune.rewards import NAMES
+
+    rewards = stage["rewards"]
+    if not rewards:
+        stage["rewards"] = None
+        return
+    if stage["kind"] not in ("grpo", "rloo"):
+        raise UserError(f"{file}: {key}.rewards: only grpo and rloo stages take reward functions")
+    for name, weight in rewards.items():
+        if name not in NAMES:
+            raise UserError(f"{file}: {key}.rewards.{name}: unknown reward; use {', '.join(NAMES)}"
+                            f"{did_you_mean(str(name), NAMES)}")
+        if isinstance(weight, bool) or not math.isfinite(weight):
+            raise UserError(f"{file}: {key}.rewards.{name}: weight must be a number, got {weight!r}")
+    if "reward_weights" in stage["train"]:
+        raise UserError(f"{file}: {key}.train.reward_weights: set the weights in the stage's `rewards:`")
 
 
 def _resolve_stage_links(stages: list[dict], file: str) -> None:
@@ -296,7 +317,11 @@ def _resolve_stage_links(stages: list[dict], file: str) -> None:
                                 f"stage starts from a policy (an sft/dpo/ppo/rloo/grpo stage)")
         elif stage["kind"] != "sft" and policies:
             stage["from"] = policies[-1]
-        if stage["kind"] in schema.ONLINE_KINDS:
+        uses_model = stage["kind"] == "ppo" or not stage.get("rewards") or "reward_model" in stage["rewards"]
+        if stage["kind"] in schema.ONLINE_KINDS and not uses_model:
+            if stage["reward_model"] is not None:
+                raise UserError(f"{file}: {key}.reward_model: the stage's rewards: do not include reward_model")
+        elif stage["kind"] in schema.ONLINE_KINDS:
             if stage["reward_model"] is None:
                 if not rewards:
                     raise UserError(f"{file}: {key}: a {stage['kind']} stage needs a reward model; add a reward "

@@ -112,6 +112,8 @@ STAGE = Section({
     "from": Key((str,), None, "earlier stage whose output this one starts from; default: the latest earlier "
                 "policy stage (sft/dpo/ppo/rloo/grpo), or the base model for an sft stage"),
     "reward_model": Key((str,), None, "reward stage scoring ppo/rloo/grpo rollouts; default: the latest earlier one"),
+    "rewards": MapOf(Key((int, float)), "grpo/rloo: reward functions and their weights: squad_f1, squad_em, "
+                     "length_penalty (need an `answers` column), reward_model; default {reward_model: 1}"),
     "eval_split": Key((int, float), 0, "held-out rows: a fraction (<1) or a count (>=1); 0 = none"),
     "max_rows": Key((int,), None, "total training rows of the mixture (default: sum of the sources)", minimum=1),
     "loss": Key((str,), "auto",

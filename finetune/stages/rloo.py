@@ -1,4 +1,5 @@
-"""RLOO and GRPO stages: TRL's online RL trainers scored by the trained reward model (no value model).
+"""RLOO and GRPO stages: TRL's online RL trainers (no value model), scored by the trained reward model and/or
+verifiable rewards (finetune.rewards: SQuAD F1/EM against the prompt rows' gold answers), mixed by weight.
 
 The lighter modern alternative to PPO: several completions per prompt, baselined against each other.
 """
@@ -7,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from finetune import modeling
+from finetune import modeling, rewards
 from finetune.data import stage_data
+from finetune.errors import UserError
 from finetune.stages import common
 
 ONLINE_DEFAULTS = {"max_completion_length": 32, "num_generations": 4, "log_completions": False}
@@ -26,13 +28,27 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     common.require_chat_template(tokenizer, data, recipe, stage)
     args = common.build_config(config_cls, stage, recipe["seed"], stage_dir, data["eval"] is not None,
                                defaults=ONLINE_DEFAULTS)
+    weights = stage["rewards"] or {"reward_model": 1.0}
+    if set(weights) & rewards.NEEDS_ANSWERS and "answers" not in data["train"].column_names:
+        raise UserError(f"stage {stage['name']}: rewards {sorted(set(weights) & rewards.NEEDS_ANSWERS)} score "
+                        f"against gold answers: the prompt data needs an `answers` column (a list of texts)")
     policy, source = common.load_policy(recipe, stage, init, args.gradient_checkpointing)
-    reward_model, reward_tokenizer = load_reward_model(init["reward_model"], recipe["base_model"])
+    funcs, processing = [], []
+    for name in weights:
+        if name == "reward_model":
+            model, reward_tokenizer = load_reward_model(init["reward_model"], recipe["base_model"])
+            funcs.append(model)
+            processing.append(reward_tokenizer)
+        else:
+            funcs.append(rewards.FUNCTIONS[name])
+            processing.append(None)
+    args.reward_weights = [float(w) for w in weights.values()]
     peft = modeling.peft_config(stage["peft"]) if stage["peft"] else None
-    log(f"policy from {source}; rewards from {init['reward_model']}")
-    trainer = common.build_trainer(trainer_cls, stage, model=policy, reward_funcs=reward_model, args=args,
+    log(f"policy from {source}; rewards " + ", ".join(
+        f"{w:g} x {init['reward_model'] if n == 'reward_model' else n}" for n, w in weights.items()))
+    trainer = common.build_trainer(trainer_cls, stage, model=policy, reward_funcs=funcs, args=args,
                                    train_dataset=data["train"], eval_dataset=data["eval"],
-                                   processing_class=tokenizer, reward_processing_classes=reward_tokenizer,
+                                   processing_class=tokenizer, reward_processing_classes=processing,
                                    peft_config=peft)
     result = common.train(trainer, stage_dir, log)
     trainer.save_model(str(stage_dir / "model"))
