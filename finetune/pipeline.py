@@ -45,11 +45,26 @@ def _source_identity(src: dict) -> dict:
     return {**src, "sha256": {str(f): _file_hash(f) for f in files}}
 
 
+# Recipe keys added after runs existed, left out of the fingerprint while unset: adding a key to the schema
+# must not turn every finished run into "run with other inputs".
+LATER_KEYS = {"base_model": ("training_chat_template", "gguf_file"), "stage": ("rewards",)}
+
+
+def _without_unset(section: dict, later: tuple[str, ...]) -> dict:
+    return {k: v for k, v in section.items() if not (k in later and v is None)}
+
+
 def stage_inputs(recipe: dict, stage: dict, init: dict) -> dict:
-    return {
-        "stage": stage, "seed": recipe["seed"], "base_model": recipe["base_model"], "init": init,
+    """Everything that decides a stage's result; its fingerprint says whether a finished stage is still valid."""
+    inputs = {
+        "stage": _without_unset(stage, LATER_KEYS["stage"]), "seed": recipe["seed"],
+        "base_model": _without_unset(recipe["base_model"], LATER_KEYS["base_model"]), "init": init,
         "data": {name: _source_identity(recipe["data"][name]) for name in stage["data"]},
     }
+    gguf = gguf_models.source_of(recipe["base_model"]["path"])
+    if gguf:  # a base dequantised from a GGUF: its sha256 identifies the weights (the path alone does not)
+        inputs["base_model_gguf"] = gguf
+    return inputs
 
 
 def _is_main_process() -> bool:

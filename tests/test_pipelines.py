@@ -110,3 +110,24 @@ def test_sigkill_mid_stage_then_rerun_resumes_and_matches_uninterrupted(tiny_lla
     a, b = final_loss(killed), final_loss(tmp_path / "straight")
     assert a["step"] == b["step"] == 60
     assert abs(a["loss"] - b["loss"]) < 1e-5, (a, b)  # same kernels both sides: 0.0 on both paths (2026-11-29)
+
+
+# The first stage's inputs fingerprint of shipped recipes, as computed before the schema gained
+# base_model.training_chat_template, base_model.gguf_file and stages[].rewards (commit b500e59): new keys left
+# unset must not turn a finished run into "run with other inputs".
+PINNED_FINGERPRINTS = {
+    "recipes/tiny/demo.yaml": "dae6e41823d66709d7d43252e360bb53a4a61f95cd3e2c13fe2c31ed42c1e41a",
+    "recipes/tiny/ppo.yaml": "c3f7e0ac5694102178ba5404e6120dedf3b024e4ab6613a87d0e7e5b24f3481b",
+    "recipes/tiny/qlora-sft.yaml": "0e1a235662340a0848b044ae02e77ab5fa38c5eef54ed07ce898923185157fb3",
+}
+
+
+@pytest.mark.parametrize("path", sorted(PINNED_FINGERPRINTS))
+def test_run_fingerprints_survive_new_schema_keys(path, monkeypatch):
+    from finetune import manifest as mf
+    from finetune.pipeline import stage_inputs
+
+    monkeypatch.chdir(REPO)
+    recipe = load_recipe(path)
+    init = {"stage": None, "artifact": None, "fingerprint": None, "reward_model": None, "reward_fingerprint": None}
+    assert mf.inputs_fingerprint(**stage_inputs(recipe, recipe["stages"][0], init)) == PINNED_FINGERPRINTS[path]
