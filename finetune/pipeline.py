@@ -117,6 +117,8 @@ def _run_stages(recipe: dict, run_dir: Path, only: str | None, force: bool) -> d
         inputs = stage_inputs(recipe, stage, init)
         fp = mf.inputs_fingerprint(**inputs)
         done = mf.read_json(stage_dir / "manifest.json")
+        if only and only in results:
+            break  # the stages after --only's are neither run nor required
         if only and stage["name"] != only:
             if not done:
                 raise UserError(f"--only {only}: stage '{stage['name']}' before it has not finished; run it first")

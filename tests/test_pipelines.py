@@ -131,3 +131,16 @@ def test_run_fingerprints_survive_new_schema_keys(path, monkeypatch):
     recipe = load_recipe(path)
     init = {"stage": None, "artifact": None, "fingerprint": None, "reward_model": None, "reward_fingerprint": None}
     assert mf.inputs_fingerprint(**stage_inputs(recipe, recipe["stages"][0], init)) == PINNED_FINGERPRINTS[path]
+
+
+def test_only_an_early_stage_runs_it_and_evaluates_without_the_later_ones(tiny_llama, tmp_path, monkeypatch):
+    """`--only sft` on sft -> dpo trains sft, scores it, and does not ask for dpo; `--only dpo` then reuses sft."""
+    monkeypatch.chdir(REPO)
+    overrides = [f"base_model.path={tiny_llama}", *SMALL, *PER_RECIPE["dpo"], "stages.sft.train.max_steps=2",
+                 "stages.dpo.train.max_steps=1"]
+    out = str(tmp_path / "run")
+    first = run_recipe(load_recipe("recipes/tiny/dpo.yaml", overrides), output_dir=out, only="sft")
+    assert list(first) == ["sft"] and not (tmp_path / "run" / "dpo").exists()
+    assert "| sft |" in (tmp_path / "run" / "eval" / "results.md").read_text()
+    second = run_recipe(load_recipe("recipes/tiny/dpo.yaml", overrides), output_dir=out, only="dpo")
+    assert list(second) == ["sft", "dpo"] and second["sft"] == first["sft"]
