@@ -80,6 +80,7 @@ def real_recipe(model: Path, tmp_path: Path, **stage) -> Path:
     return path
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("variant", ["lora", "qlora"])
 def test_real_model_learns_real_rows_and_answers_real_questions(variant, smollm2, tmp_path, monkeypatch):
     """Four real rows, six steps at a high rate: the loss on them falls (first vs last step, measured ratio
