@@ -142,8 +142,9 @@ def test_validate_checks_every_shipped_recipe(name, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
     assert cli.main(["validate", str(recipe_files(REPO / "recipes")[name])]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("chat template:"))
-    if name.startswith("tiny-"):
-        assert "has {% generation %} markers" in line
+    if name.startswith("tiny-"):  # `make tiny` builds the models; before that the template is not known yet
+        model = load_recipe(recipe_files(REPO / "recipes")[name])["base_model"]["path"]
+        assert ("has {% generation %} markers" if (REPO / model).is_dir() else "not available offline") in line
     else:
         assert "on all 7 test conversations" in line, line
 
