@@ -87,7 +87,8 @@ def test_real_model_learns_real_rows_and_answers_real_questions(variant, smollm2
     about 0.3); the label audit sees the real template's <|im_end|> supervised in every row; the stage is scored
     on six held-out XQuAD-en questions beside the published systems, with confidence intervals."""
     monkeypatch.chdir(REPO)
-    extra = {"quantization": {"bits": 4}} if variant == "qlora" else {}
+    # float32 compute: bf16 matmuls run ~1000x slower on CPUs without native bf16 (AVX2 kernel path)
+    extra = {"quantization": {"bits": 4, "compute_dtype": "float32"}} if variant == "qlora" else {}
     results = run_recipe(load_recipe(real_recipe(smollm2, tmp_path, **extra)), output_dir=str(tmp_path / "run"))
     sft = results["sft"]
     history = [json.loads(x) for x in (tmp_path / "run" / "sft" / "metrics.jsonl").read_text().splitlines()]
