@@ -64,7 +64,7 @@ def import_gguf(gguf: str | Path, out: str | Path, sha256: str | None = None, lo
     sha256 = sha256 or sha256_file(gguf)
     if out.exists():
         source = out / SOURCE_FILE
-        recorded = json.loads(source.read_text()) if source.is_file() else {}
+        recorded = source_of(out) or {}
         if recorded.get("sha256") == sha256 and recorded.get("import_version") == IMPORT_VERSION:
             return out
         if recorded.get("sha256") == sha256:  # our own older import of the same file: redo it
@@ -137,7 +137,10 @@ def chat_template_of(gguf: str | Path) -> str | None:
     """The `tokenizer.chat_template` stored in a GGUF file's metadata (read without loading the tensors)."""
     from gguf import GGUFReader
 
-    field = GGUFReader(str(gguf)).fields.get("tokenizer.chat_template")
+    try:
+        field = GGUFReader(str(gguf)).fields.get("tokenizer.chat_template")
+    except (ValueError, OSError, IndexError, KeyError) as e:  # a truncated or damaged file
+        raise UserError(f"{gguf}: cannot read the GGUF metadata ({e.__class__.__name__}: {str(e)[:160]})") from None
     if field is None:
         return None
     return bytes(field.parts[field.data[0]]).decode("utf-8")

@@ -56,6 +56,9 @@ def test_gguf_errors_are_one_line(tmp_path):
     (tmp_path / "fake.gguf").write_bytes(b"not a gguf")
     with pytest.raises(UserError, match="no GGUF magic bytes"):
         gguf_models.resolve_gguf(str(tmp_path), "fake.gguf")
+    (tmp_path / "cut.gguf").write_bytes(realmodels.smollm2_gguf().read_bytes()[:4096])  # a truncated download
+    with pytest.raises(UserError, match="cannot read the GGUF metadata"):
+        gguf_models.chat_template_of(tmp_path / "cut.gguf")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "mine.txt").write_text("keep")
     with pytest.raises(UserError, match="nothing there is overwritten"):
