@@ -63,7 +63,6 @@ def import_gguf(gguf: str | Path, out: str | Path, sha256: str | None = None, lo
     gguf, out = Path(gguf), Path(out)
     sha256 = sha256 or sha256_file(gguf)
     if out.exists():
-        source = out / SOURCE_FILE
         recorded = source_of(out) or {}
         if recorded.get("sha256") == sha256 and recorded.get("import_version") == IMPORT_VERSION:
             return out
