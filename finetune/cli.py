@@ -44,8 +44,19 @@ def cmd_tiny(args) -> int:
     if sizes.get("hidden", 128) % 4:
         raise UserError(f"--hidden {args.hidden}: must be a multiple of 4 (the tiny models have 4 attention heads)")
     out = build_tiny(args.out, args.arch, corpus=args.corpus or DEFAULT_CORPUS_DIRS,
-                     vocab_size=args.vocab_size, seed=args.seed, overwrite=args.overwrite, **sizes)
+                     vocab_size=args.vocab_size, seed=args.seed, overwrite=args.overwrite,
+                     tokenizer=args.tokenizer, **sizes)
     print(f"built tiny {args.arch} model in {out}")
+    return 0
+
+
+def cmd_student(args) -> int:
+    from finetune.students import shrink
+
+    info = shrink(args.teacher, args.out, args.layers)
+    print(f"student in {args.out}: layers {info['layers']} of the teacher, {info['parameters']:,} parameters "
+          f"({info['teacher_parameters'] / info['parameters']:.1f}x fewer than the teacher's "
+          f"{info['teacher_parameters']:,})")
     return 0
 
 
@@ -110,11 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", nargs="*", help="text/JSON files or folders to train the tokenizer on "
                    "(default: recipes/data; never evaluation data)")
     p.add_argument("--vocab-size", type=positive_int, default=4096)
+    p.add_argument("--tokenizer", help="take the tokenizer of this model folder instead of training one "
+                   "(a distillation student shares its teacher's vocabulary)")
     p.add_argument("--hidden", type=positive_int, help="hidden size, a multiple of 4 (default 128)")
     p.add_argument("--layers", type=positive_int, help="number of layers (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="rebuild a tiny model that is already there")
     p.set_defaults(func=cmd_tiny)
+
+    p = sub.add_parser("student", help="a distillation student: the teacher with fewer of its layers "
+                                       "(DistilBERT-style initialisation)")
+    p.add_argument("teacher", help="model folder of the teacher (a causal LM with model.layers)")
+    p.add_argument("out", help="empty or new folder for the student")
+    p.add_argument("--layers", type=positive_int, required=True, help="layers to keep, spread evenly")
+    p.set_defaults(func=cmd_student)
 
     p = sub.add_parser("import-gguf", help="dequantise a GGUF model into a safetensors model folder (with its "
                        "tokenizer and chat template)")

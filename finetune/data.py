@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from finetune.errors import UserError
+from finetune.errors import UserError, first_line
 
 LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -119,12 +119,12 @@ def load_source(name: str, src: dict, seed: int):
     except UserError:
         raise
     except (datasets.exceptions.DatasetNotFoundError, FileNotFoundError, ConnectionError) as e:
-        raise UserError(f"{where}.path: cannot load '{src['path']}': {str(e).splitlines()[0]}") from None
+        raise UserError(f"{where}.path: cannot load '{src['path']}': {first_line(e)}") from None
     except (ValueError, datasets.exceptions.DatasetGenerationError, OSError, UnicodeDecodeError) as e:
         # pyarrow's ArrowInvalid (from validate) is a ValueError
         # OSError and UnicodeDecodeError: a corrupted Parquet file (pyarrow's thrift errors, broken strings)
         cause = e.__cause__ or e
-        first = str(cause).strip().splitlines()[0][:200] if str(cause).strip() else cause.__class__.__name__
+        first = first_line(cause)[:200]
         raise UserError(f"{src['path']}: cannot read {where} ({first})") from None
     if len(ds) == 0:
         raise UserError(f"{src['path']}: {where} has no rows")
@@ -287,7 +287,8 @@ def fingerprint(*datasets_) -> str:
 def stage_data(recipe: dict, stage: dict, purpose: str = "sft") -> dict:
     """Load, normalise, mix and split a stage's data. Returns train/eval datasets, kind and a report.
 
-    purpose: "sft" (instruction rows), "pairs" (preference pairs) or "prompts" (prompts for online RL).
+    purpose: "sft" (instruction rows), "pairs" (preference pairs), "unpaired" (KTO's labelled completions) or
+    "prompts" (prompts for online RL and distillation).
     """
     from finetune import preference
 
@@ -303,6 +304,9 @@ def stage_data(recipe: dict, stage: dict, purpose: str = "sft") -> dict:
         elif purpose == "pairs":
             norm, dropped, kind = preference.normalise_pairs(ds, where)
             fmt = "preference"
+        elif purpose == "unpaired":
+            norm, dropped, kind = preference.unpaired(ds, where)
+            fmt = "unpaired"
         else:
             norm, dropped, kind = preference.prompts_only(ds, where)
             fmt = "prompts"

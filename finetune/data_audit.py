@@ -17,13 +17,13 @@ from pathlib import Path
 
 from finetune import pii
 from finetune.data import iter_strings
-from finetune.errors import UserError
+from finetune.errors import UserError, first_line
 from finetune.overlap import EvalIndex, duplicates
 from finetune.schema import COLUMN_TARGETS, DATA_AUDIT
 
 PURPOSE = {"sft": "sft", "reward": "pairs", "dpo": "pairs",  # stage kind -> what it reads from a source
-           "ppo": "prompts", "rloo": "prompts", "grpo": "prompts"}
-TRUNCATING = ("sft", "reward", "dpo")  # kinds whose TRL config cuts rows to `max_length`
+           "ppo": "prompts", "rloo": "prompts", "grpo": "prompts", "kto": "unpaired", "distill": "prompts"}
+TRUNCATING = ("sft", "reward", "dpo", "kto")  # kinds whose TRL config cuts rows to `max_length`
 TRL_DEFAULT_MAX_LENGTH = 1024  # SFTConfig, DPOConfig and RewardConfig default in trl 1.12
 def row_text(row: dict) -> str:
     """All text a row trains on: the strings in its standard columns (messages, prompt, chosen, ...)."""
@@ -55,6 +55,9 @@ def _load(recipe: dict, name: str, purpose: str):
     if purpose == "pairs":
         norm, dropped, kind = preference.normalise_pairs(ds, where)
         return ds, norm, dropped, kind, "preference"
+    if purpose == "unpaired":
+        norm, dropped, kind = preference.unpaired(ds, where)
+        return ds, norm, dropped, kind, "unpaired"
     norm, dropped, kind = preference.prompts_only(ds, where)
     return ds, norm, dropped, kind, "prompts"
 
@@ -65,7 +68,7 @@ def _template_error(tok, convs: list, start: int, generation_prompt: bool) -> Us
         try:
             tok.apply_chat_template(convs[i], tokenize=False, add_generation_prompt=generation_prompt)
         except Exception as e:  # noqa: BLE001
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            first = first_line(e)
             roles = "/".join(m.get("role", "?") for m in convs[i])
             return UserError(f"the chat template fails on data row {i} (roles {roles}): "
                              f"{e.__class__.__name__}: {first}")
@@ -98,6 +101,9 @@ def _token_lengths(tok, norm, kind: str, purpose: str) -> tuple[list[int], str]:
         sides = [[p + a for p, a in zip(prompts, norm[col], strict=True)] for col in ("chosen", "rejected")]
         measured = [chat(s) if kind == "chat" else text(s) for s in sides]
         return [max(a, b) for a, b in zip(*measured, strict=True)], rendering
+    if purpose == "unpaired":
+        pairs = zip(norm["prompt"], norm["completion"], strict=True)
+        return (chat([p + c for p, c in pairs]) if kind == "chat" else text([p + c for p, c in pairs])), rendering
     if purpose == "prompts":
         prompts = list(norm["prompt"])
         return (chat(prompts, True) if kind == "chat" else text(prompts)), rendering
@@ -222,7 +228,23 @@ def _audit_source(recipe: dict, key: str, name: str, purpose: str, stages: list[
     entry["pii"] = {"status": "off"} if settings["pii"] == "off" else _pii_scan(texts)
     if purpose == "pairs":
         entry["preference"] = _preference(norm, dropped)
+    if purpose == "unpaired":
+        entry["labels"] = _labels(norm)
     return entry
+
+
+def _labels(norm) -> dict:
+    """KTO's desirable / undesirable counts; KTO weights them (desirable_weight, undesirable_weight) so that
+    their weighted counts are about equal (Ethayarajh et al. 2024, KTO, section 4)."""
+    desirable = sum(bool(x) for x in norm["label"])
+    undesirable = len(norm) - desirable
+    flag = None
+    if not desirable or not undesirable:
+        flag = f"every row is {'desirable' if desirable else 'undesirable'}: KTO needs both kinds"
+    elif not 0.25 <= desirable / len(norm) <= 0.75:
+        flag = (f"{desirable} desirable vs {undesirable} undesirable rows; set desirable_weight / undesirable_weight "
+                f"so that their weighted counts are within 1:1 to 4:3 (KTO paper)")
+    return {"desirable": desirable, "undesirable": undesirable, "flag": flag}
 
 
 def _threshold_errors(e: dict, settings: dict) -> list[str]:
@@ -289,7 +311,8 @@ def audit_recipe(recipe: dict, out_dir: Path, log=print, redact_dir: Path | None
         e = report["sources"][key] = _audit_source(recipe, key, name, purpose, stages, tok, index, settings,
                                                    out_dir)
         report["warnings"] += [f"{key}: {w}" for w in (e["tokens"].get("status"), e["duplicates"].get("note"),
-                                                        (e.get("preference") or {}).get("flag")) if w]
+                                                        (e.get("preference") or {}).get("flag"),
+                                                        (e.get("labels") or {}).get("flag")) if w]
         report["warnings"] += [f"{key}: stage {t['stage']}: {t['note']}"
                                for t in e["truncation"] if t["note"]]
         if settings["pii"] == "warn" and e["pii"].get("total"):

@@ -1,7 +1,8 @@
 """`make demo`: the tiny demo recipe end to end, offline, then one table of EM/F1 per stage and the timing.
 
 The demo's learning targets: held-out EM about 0 before SFT and >= 50 after it, reward model held-out
-accuracy >= 0.9, and EM after PPO and after DPO not significantly below SFT's. They hold on every seed and
+accuracy >= 0.9, EM after PPO and after DPO not significantly below SFT's, and a random student half as wide
+as the model reaching EM >= 25 by distillation from the SFT model. They hold on every seed and
 CPU kernel path measured (`make demo-spread`, README). The wall-time target (10 minutes on 2 cores) is
 printed, not tested: it depends on the machine and its load.
 """
@@ -51,6 +52,9 @@ def checks(results: dict, accuracy: float | None, run_dir: Path) -> list[tuple[s
     out = [("EM before SFT is about 0 (< 5)", em.get("base", 100) < 5),
            ("EM after SFT >= 50", em.get("sft", 0) >= 50),
            ("reward model held-out accuracy >= 0.9", accuracy is not None and accuracy >= 0.9)]
+    if "distill" in em:
+        out.append((f"EM of the distilled 2x smaller student >= 25 (from {em.get('distill-start', 0):.0f}; its "
+                    f"teacher SFT: {em.get('sft', 0):.1f})", em["distill"] >= 25))
     for stage in ("ppo", "dpo"):
         if stage in em and "sft" in em:
             drop = paired_drop(per_question(run_dir, "sft"), per_question(run_dir, stage))

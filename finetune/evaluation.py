@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from finetune import squad, stats, userfiles
-from finetune.errors import UserError
+from finetune.errors import UserError, first_line
 
 TASK_DIR = Path(__file__).resolve().parent.parent / "eval" / "tasks"
 TASK_KEYS = {"name", "metric", "data", "split", "subset", "format", "prompt", "chat_template", "few_shot",
@@ -164,7 +164,7 @@ def _hub_rows(dataset_id: str, subset: str | None, split: str) -> list[dict]:
     try:
         return list(datasets.load_dataset(dataset_id, subset, split=split))
     except Exception as e:  # noqa: BLE001 - offline and missing-dataset errors come in many types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        first = first_line(e)
         raise UserError(f"eval data '{dataset_id}': not a local file and could not be loaded from the hub "
                         f"({first[:160]})") from None
 

@@ -114,13 +114,20 @@ def cached_import(path: str, gguf_file: str, log=print) -> tuple[Path, str]:
 
 
 def resolve_recipe(recipe: dict, log=print) -> dict:
-    """The recipe with a GGUF base model replaced by its imported folder (`base_model.path` = the cache
-    folder, `gguf_file` = None); a recipe without `gguf_file` is returned as it is."""
+    """The recipe with every GGUF model replaced by its imported folder: a GGUF base model (`base_model.path`
+    = the cache folder, `gguf_file` = None) and a distill stage's `.gguf` teacher or student; a recipe
+    without GGUF files is returned as it is."""
     bm = recipe["base_model"]
-    if not bm.get("gguf_file"):
-        return recipe
-    folder, _ = cached_import(bm["path"], bm["gguf_file"], log)
-    return {**recipe, "base_model": {**bm, "path": str(folder), "gguf_file": None}}
+    if bm.get("gguf_file"):
+        folder, _ = cached_import(bm["path"], bm["gguf_file"], log)
+        recipe = {**recipe, "base_model": {**bm, "path": str(folder), "gguf_file": None}}
+    stages = []
+    for stage in recipe["stages"]:
+        for key in ("teacher", "student"):
+            if str(stage.get(key) or "").endswith(".gguf"):
+                stage = {**stage, key: str(cached_import(".", stage[key], log)[0])}
+        stages.append(stage)
+    return {**recipe, "stages": stages}
 
 
 def source_of(model_dir: str | Path) -> dict | None:

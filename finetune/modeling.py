@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from finetune import userfiles
-from finetune.errors import UserError
+from finetune.errors import UserError, first_line
 
 # base_model keys a folder found on its own (an adapter's base, a model under eval) is loaded with.
 BASE_MODEL_DEFAULTS = {"revision": None, "dtype": "auto", "attn_implementation": None, "trust_remote_code": False,
@@ -15,7 +15,7 @@ DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
 def _hub_error(what: str, path: str, err: Exception) -> UserError:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
+    first = first_line(err)
     if not Path(path).exists():
         return UserError(f"base_model.{what} '{path}': not a local folder and could not be fetched from the hub "
                          f"({first[:160]})")
@@ -121,10 +121,27 @@ def _release_checkpoint(model) -> None:
             tensor.data = tensor.data.clone()
 
 
-def peft_config(peft: dict, task_type: str = "CAUSAL_LM"):
-    """A peft LoraConfig for lora / dora / rslora with `all-linear` targets by default."""
-    from peft import LoraConfig
+def peft_config(peft: dict, task_type: str = "CAUSAL_LM", tokenizer_path: str | None = None):
+    """The peft config of the recipe's `peft:` block.
 
+    lora / dora / rslora: a LoraConfig (`all-linear` targets by default). prompt_tuning (Lester et al. 2021),
+    p_tuning (Liu et al. 2021, an MLP prompt encoder) and prefix_tuning (Li & Liang 2021, virtual key/values in
+    every layer): the matching prompt-learning config with `num_virtual_tokens` (default 20). prompt_tuning
+    with `init_text` starts from that text's token embeddings, read with the tokenizer at `tokenizer_path`.
+    """
+    from peft import LoraConfig, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig
+
+    virtual = peft.get("num_virtual_tokens") or 20
+    if peft["method"] == "prompt_tuning":
+        text = peft.get("init_text")
+        return PromptTuningConfig(task_type=task_type, num_virtual_tokens=virtual,
+                                  prompt_tuning_init="TEXT" if text else "RANDOM", prompt_tuning_init_text=text,
+                                  tokenizer_name_or_path=tokenizer_path if text else None)
+    if peft["method"] == "p_tuning":
+        return PromptEncoderConfig(task_type=task_type, num_virtual_tokens=virtual,
+                                   encoder_hidden_size=peft.get("encoder_hidden_size"))
+    if peft["method"] == "prefix_tuning":
+        return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=virtual)
     return LoraConfig(
         r=peft["r"], lora_alpha=peft["alpha"], lora_dropout=peft["dropout"],
         target_modules=peft["target_modules"], modules_to_save=peft["modules_to_save"],
@@ -142,7 +159,7 @@ def prepare_trainable(model, peft: dict | None, quant: dict | None, gradient_che
     if peft:
         from peft import get_peft_model
 
-        model = get_peft_model(model, peft_config(peft, task_type))
+        model = get_peft_model(model, peft_config(peft, task_type, getattr(model, "name_or_path", None)))
     return model
 
 

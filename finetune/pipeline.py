@@ -47,11 +47,19 @@ def _source_identity(src: dict) -> dict:
 
 # Recipe keys added after runs existed, left out of the fingerprint while unset: adding a key to the schema
 # must not turn every finished run into "run with other inputs".
-LATER_KEYS = {"base_model": ("training_chat_template", "gguf_file"), "stage": ("rewards",)}
+LATER_KEYS = {"base_model": ("training_chat_template", "gguf_file"),
+              "stage": ("rewards", "teacher", "student", "peft.num_virtual_tokens", "peft.init_text",
+                        "peft.encoder_hidden_size")}
 
 
 def _without_unset(section: dict, later: tuple[str, ...]) -> dict:
-    return {k: v for k, v in section.items() if not (k in later and v is None)}
+    """`section` without the keys of `later` that are unset (None); "peft.init_text" names a nested key."""
+    out = {k: v for k, v in section.items() if not (k in later and v is None)}
+    for key in later:
+        outer, _, inner = key.partition(".")
+        if inner and isinstance(out.get(outer), dict) and out[outer].get(inner, 0) is None:
+            out[outer] = {k: v for k, v in out[outer].items() if k != inner}
+    return out
 
 
 def stage_inputs(recipe: dict, stage: dict, init: dict) -> dict:
@@ -82,10 +90,26 @@ def _stage_runner(kind: str):
 def _init_for(stage: dict, results: dict) -> dict:
     """What a stage starts from: the `from` stage's artifact (None: the base) and the reward model's folder."""
     src, rm = stage["from"], stage["reward_model"]
-    return {"stage": src, "artifact": results[src]["artifact"] if src else None,
+    init = {"stage": src, "artifact": results[src]["artifact"] if src else None,
             "fingerprint": results[src]["inputs_fingerprint"] if src else None,
             "reward_model": results[rm]["artifact"]["model"] if rm else None,
             "reward_fingerprint": results[rm]["inputs_fingerprint"] if rm else None}
+    if stage["kind"] == "distill":  # only here, so that other stages' fingerprints stay what they were
+        teacher = stage["teacher"]
+        if teacher in results:
+            init.update(teacher=results[teacher]["artifact"], teacher_stage=teacher,
+                        teacher_fingerprint=results[teacher]["inputs_fingerprint"])
+        else:
+            init.update(teacher={"model": teacher, "adapter": False}, teacher_stage=None,
+                        teacher_fingerprint=mf.inputs_fingerprint(teacher=_folder_identity(teacher)))
+        if stage["student"]:
+            init["student"] = {"path": stage["student"], "identity": _folder_identity(stage["student"])}
+    return init
+
+
+def _folder_identity(path: str) -> dict:
+    """A model folder named in a recipe (a teacher, a student): its files' sha256, so new weights mean new inputs."""
+    return {"path": path, "sha256": _source_identity({"path": path})["sha256"]}
 
 
 def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = None,
@@ -160,9 +184,15 @@ def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
     tasks = [load_task(t) for t in cfg["tasks"]]
     plan = ([("base", None, None)] if cfg["base"] else []) + [
         (name, Path(m["artifact"]["model"]), m) for name, m in results.items() if m["kind"] in POLICY_KINDS]
+    for name, m in results.items():  # a distilled student's own model before distillation, beside it
+        if m["kind"] == "distill" and m["init"].get("student"):
+            plan.insert(plan.index((name, Path(m["artifact"]["model"]), m)),
+                        (start_label(name), Path(m["init"]["student"]["path"]), None))
     table: dict[str, dict[str, dict]] = {}
     for label, model_dir, manifest in plan:
         identity = manifest["inputs_fingerprint"] if manifest else mf.inputs_fingerprint(base=recipe["base_model"])
+        if model_dir is not None and manifest is None:  # a distill stage's starting student
+            identity = mf.inputs_fingerprint(student=_folder_identity(str(model_dir)))
         cached = {t["name"]: mf.read_json(out_root / label / t["name"] / "results.json") for t in tasks}
         if all(c and c.get("model_fingerprint") == identity and c.get("task_sha256") == t["sha256"]
                for t, c in zip(tasks, cached.values(), strict=True)):
@@ -187,7 +217,15 @@ def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
     from finetune.evaluation import compare_stages, comparison_table
 
     pairs = [(m["init"]["stage"] or "base", name) for name, m in results.items()
-             if m["kind"] in POLICY_KINDS and (m["init"]["stage"] or cfg["base"])]
+             if m["kind"] in POLICY_KINDS and m["kind"] != "distill" and (m["init"]["stage"] or cfg["base"])]
+    for name, m in results.items():  # a student is compared with its teacher, and with itself before
+        if m["kind"] == "distill":
+            if m["init"].get("teacher_stage"):
+                pairs.append((m["init"]["teacher_stage"], name))
+            start = start_label(name) if m["init"].get("student") else m["init"]["stage"] or (
+                "base" if cfg["base"] else None)
+            if start:
+                pairs.append((start, name))
     comparisons = compare_stages(out_root, pairs, [t["name"] for t in tasks])
     if comparisons:
         log(f"paired comparisons ({out_root / 'comparisons.md'}):\n{comparison_table(comparisons)}")
@@ -195,6 +233,11 @@ def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
     if split:
         log(f"clean vs overlapping questions ({out_root / 'contamination.md'}):\n"
             f"{(out_root / 'contamination.md').read_text()}")
+
+
+def start_label(stage_name: str) -> str:
+    """The eval label of a distill stage's student before distillation (its `student:` folder)."""
+    return f"{stage_name}-start"
 
 
 def contamination_split(recipe: dict, run_dir: Path, results: dict, table: dict, tasks: list[str]) -> dict:
@@ -212,10 +255,12 @@ def contamination_split(recipe: dict, run_dir: Path, results: dict, table: dict,
             ids_of_source.setdefault(entry["source"], {}).setdefault(task, set()).update(ids)
     stages = {s["name"]: s for s in recipe["stages"]}
 
-    def sources(name: str | None) -> set[str]:  # the stage's data and that of the stages it started from
+    def sources(name: str | None) -> set[str]:  # the stage's data and that of the stages it learnt from
         if name is None:
             return set()
-        return set(stages[name]["data"]) | sources(stages[name]["from"])
+        teacher = stages[name].get("teacher")
+        return set(stages[name]["data"]) | sources(stages[name]["from"]) | sources(
+            teacher if teacher in stages else None)
 
     split: dict[str, dict[str, dict]] = {}
     for label in table:

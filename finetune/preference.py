@@ -156,3 +156,48 @@ def prompts_only(ds, where: str):
         rows.append({"prompt": prompt, **({"answers": row["answers"]} if "answers" in cols else {})})
     kind = "text" if isinstance(rows[0]["prompt"], str) else "chat"
     return datasets.Dataset.from_list(rows), {}, kind
+
+
+def unpaired(ds, where: str):
+    """KTO rows {prompt, completion, label}: unpaired feedback as it is, or preference pairs split in two.
+
+    Unpaired rows need `prompt`, `completion` (text, or assistant turns after a conversational prompt) and a
+    boolean `label` (true = desirable). Pairs go through `normalise_pairs` and then TRL's
+    `unpair_preference_dataset` (chosen -> label true, rejected -> false), so a source of N pairs gives 2N rows.
+    Rows with an empty completion are dropped and counted. Returns (dataset, dropped-count by reason, kind
+    chat|text). Raises UserError naming the row for a label that is not true/false, a missing column, or
+    text and conversations mixed.
+    """
+    import datasets
+
+    cols = set(ds.column_names)
+    if {"chosen", "rejected"} <= cols:
+        from trl.data_utils import unpair_preference_dataset
+
+        pairs, dropped, kind = normalise_pairs(ds, where)
+        return unpair_preference_dataset(pairs), dropped, kind
+    missing = {"prompt", "completion", "label"} - cols
+    if missing:
+        raise UserError(f"{where}: KTO data needs `prompt`, `completion` and `label` columns (or preference pairs "
+                        f"with `chosen`/`rejected`); missing {', '.join(sorted(missing))} (map yours with `columns:`)")
+    rows, dropped, kinds = [], {}, set()
+    for i, row in enumerate(ds):
+        prompt, completion, label = row["prompt"], row["completion"], row["label"]
+        if not isinstance(label, bool):
+            raise UserError(f"{where}: row {i}: label must be true or false (is the answer desirable?), "
+                            f"got {label!r}")
+        for name, value in (("prompt", prompt), ("completion", completion)):
+            if not isinstance(value, str) and not _is_messages(value):
+                raise UserError(f"{where}: row {i}: {name} must be text or a list of {{role, content}} turns")
+        if not prompt or (isinstance(prompt, str) and not prompt.strip()):
+            raise UserError(f"{where}: row {i}: empty prompt")
+        if not _answer_text(completion).strip():
+            dropped["empty completion"] = dropped.get("empty completion", 0) + 1
+            continue
+        kinds.add("text" if isinstance(prompt, str) else "chat")
+        if len(kinds) > 1 or isinstance(prompt, str) != isinstance(completion, str):
+            raise UserError(f"{where}: row {i}: mixes text and conversations; use one layout per source")
+        rows.append({"prompt": prompt, "completion": completion, "label": label})
+    if not rows:
+        raise UserError(f"{where}: no usable rows left ({', '.join(f'{n} {r}' for r, n in dropped.items())})")
+    return datasets.Dataset.from_list(rows), dropped, kinds.pop()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import json
 import math
 import re
 from pathlib import Path
@@ -266,7 +267,9 @@ def validate(raw: dict, file: str) -> dict:
                             f"adapter; add a `peft:` block (QLoRA) or remove `quantization`")
         _check_train_block(stage["kind"], stage["train"], f"{key}.train", file)
         _check_rewards(stage, key, file)
-    _resolve_stage_links(recipe["stages"], file)
+        _check_peft(stage, key, file)
+        _check_distill(stage, key, file)
+    _resolve_stage_links(recipe["stages"], file, bm["path"])
     if recipe["eval"]:
         from finetune.evaluation import check_task
 
@@ -302,8 +305,72 @@ def _check_rewards(stage: dict, key: str, file: str) -> None:
         raise UserError(f"{file}: {key}.train.reward_weights: set the weights in the stage's `rewards:`")
 
 
-def _resolve_stage_links(stages: list[dict], file: str) -> None:
-    """Fill in and check `from` and `reward_model`: each names an earlier stage of a fitting kind."""
+def _check_peft(stage: dict, key: str, file: str) -> None:
+    """Prompt-learning options only with a prompt-learning method, and such methods only where they run."""
+    peft = stage["peft"]
+    if not peft:
+        return
+    prompt_learning = peft["method"] in schema.PROMPT_LEARNING_METHODS
+    for option, methods in (("num_virtual_tokens", schema.PROMPT_LEARNING_METHODS), ("init_text", ("prompt_tuning",)),
+                            ("encoder_hidden_size", ("p_tuning",))):
+        if peft[option] is not None and peft["method"] not in methods:
+            raise UserError(f"{file}: {key}.peft.{option}: only for peft.method {' or '.join(methods)}, "
+                            f"not {peft['method']}")
+    if prompt_learning and stage["kind"] != "sft":
+        raise UserError(f"{file}: {key}.peft.method: {peft['method']} trains a soft prompt in sft stages only "
+                        f"(TRL's {stage['kind']} trainer does not run it); use lora here")
+
+
+def _check_distill(stage: dict, key: str, file: str) -> None:
+    """`teacher:`/`student:` belong to distill stages; a distill stage needs a teacher; paths must exist."""
+    if stage["kind"] != "distill":
+        for option in ("teacher", "student"):
+            if stage[option] is not None:
+                raise UserError(f"{file}: {key}.{option}: only distill stages take a {option}")
+        return
+    if not stage["teacher"]:
+        raise UserError(f"{file}: {key}.teacher: a distill stage needs a teacher (an earlier stage's name or a "
+                        f"model folder)")
+    if stage["student"] is not None:
+        _check_local_path(stage["student"], f"{key}.student", file, "model")
+
+
+def _vocab_size(path: str) -> int | None:
+    """vocab_size from a local model folder's config.json (None when it cannot be read without loading)."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return (config.get("text_config") or config).get("vocab_size")
+
+
+def _resolve_teacher(stage: dict, earlier: dict, base_path: str, key: str, file: str) -> None:
+    """A distill stage's teacher: an earlier policy stage by name, or an existing model folder / GGUF file.
+
+    Student and teacher must share a vocabulary (TRL compares full next-token distributions); where both
+    configs are on disk, their vocab sizes are compared here rather than after the teacher has loaded.
+    """
+    teacher = stage["teacher"]
+    if teacher in earlier:
+        if earlier[teacher]["kind"] not in schema.POLICY_KINDS:
+            raise UserError(f"{file}: {key}.teacher: '{teacher}' is a {earlier[teacher]['kind']} stage; a teacher "
+                            f"is a causal LM (a policy stage) or a model folder")
+        teacher_path = base_path if earlier[teacher]["student"] is None else earlier[teacher]["student"]
+    elif Path(teacher).expanduser().exists():
+        teacher_path = teacher
+    else:
+        raise UserError(f"{file}: {key}.teacher: '{teacher}' is neither an earlier stage nor an existing model "
+                        f"folder{did_you_mean(teacher, earlier)}")
+    student_path = stage["student"] or base_path
+    t, s = _vocab_size(teacher_path), _vocab_size(student_path)
+    if t and s and t != s:
+        raise UserError(f"{file}: {key}: the student ({student_path}) has a vocabulary of {s} tokens and the teacher "
+                        f"({teacher_path}) one of {t}; distillation compares next-token distributions over one "
+                        f"shared vocabulary (build the student with the teacher's tokenizer)")
+
+
+def _resolve_stage_links(stages: list[dict], file: str, base_path: str) -> None:
+    """Fill in and check `from`, `reward_model` and `teacher`: each names an earlier stage of a fitting kind."""
     for i, stage in enumerate(stages):
         key, earlier = f"stages[{i}]", {s["name"]: s for s in stages[:i]}
         policies = [s["name"] for s in stages[:i] if s["kind"] in schema.POLICY_KINDS]
@@ -314,9 +381,18 @@ def _resolve_stage_links(stages: list[dict], file: str) -> None:
                                 f"{did_you_mean(stage['from'], earlier) or f' (earlier: {list(earlier)})'}")
             if earlier[stage["from"]]["kind"] == "reward":
                 raise UserError(f"{file}: {key}.from: '{stage['from']}' is a reward model; a {stage['kind']} "
-                                f"stage starts from a policy (an sft/dpo/ppo/rloo/grpo stage)")
-        elif stage["kind"] != "sft" and policies:
+                                f"stage starts from a policy ({'/'.join(schema.POLICY_KINDS)} stage)")
+        elif stage["kind"] != "sft" and policies and stage["student"] is None:
             stage["from"] = policies[-1]
+        if stage["student"] is not None and stage["from"] is not None:
+            raise UserError(f"{file}: {key}: set `student:` or `from:`, not both (both say where the student starts)")
+        start = earlier.get(stage["from"]) if stage["from"] else None
+        if start and start["peft"] and start["peft"]["method"] in schema.PROMPT_LEARNING_METHODS:
+            raise UserError(f"{file}: {key}.from: '{start['name']}' trained a soft prompt ({start['peft']['method']}), "
+                            f"which cannot be merged into the weights a later stage starts from; start from another "
+                            f"stage or train '{start['name']}' with lora")
+        if stage["kind"] == "distill":
+            _resolve_teacher(stage, earlier, base_path, key, file)
         uses_model = stage["kind"] == "ppo" or not stage.get("rewards") or "reward_model" in stage["rewards"]
         if stage["kind"] in schema.ONLINE_KINDS and not uses_model:
             if stage["reward_model"] is not None:

@@ -18,6 +18,9 @@ CURVES = {
     "grpo": [("reward", "reward"), ("kl", "KL to reference")],
     "dpo": [("rewards/accuracies", "reward accuracy"), ("rewards/margins", "reward margin")],
     "reward": [("accuracy", "train accuracy"), ("margin", "train margin"), ("eval_accuracy", "eval accuracy")],
+    "kto": [("rewards/chosen", "reward of desirable"), ("rewards/rejected", "reward of undesirable"),
+            ("kl", "KL estimate")],
+    "distill": [("entropy", "student entropy"), ("completions/mean_length", "student answer length (tokens)")],
 }
 
 
@@ -106,6 +109,11 @@ def write_report(run_dir: Path, recipe: dict, manifests: dict[str, dict]) -> Pat
         audit = m.get("label_audit") or {}
         if "supervised_share" in audit:
             notes.append(f"{audit['supervised_share']:.0%} of tokens supervised")
+        if "desirable" in audit:
+            notes.append(f"{audit['desirable']} desirable / {audit['undesirable']} undesirable")
+        if m.get("teacher"):
+            notes.append(f"teacher {m['teacher']['stage'] or m['teacher']['model']} "
+                         f"({m['teacher']['parameters'] / m['student_parameters']:.1f}x the student's parameters)")
         if audit.get("pairs_answer_truncated"):
             notes.append(f"answers truncated in {audit['pairs_answer_truncated']} of {audit['pairs']} pairs")
         peak = (m.get("memory") or {}).get("peak_rss_mb")

@@ -48,11 +48,13 @@ class ListOf:
     help: str = ""
 
 
-STAGE_KINDS = ("sft", "reward", "ppo", "dpo", "rloo", "grpo")
+STAGE_KINDS = ("sft", "reward", "ppo", "dpo", "rloo", "grpo", "kto", "distill")
 # Kinds this version can run; the others are validated but refused by `finetune run`.
 RUNNABLE_KINDS = STAGE_KINDS
-POLICY_KINDS = ("sft", "dpo", "ppo", "rloo", "grpo")  # stages whose output is a causal LM
+POLICY_KINDS = ("sft", "dpo", "ppo", "rloo", "grpo", "kto", "distill")  # stages whose output is a causal LM
 ONLINE_KINDS = ("ppo", "rloo", "grpo")  # stages scored by a reward model
+LORA_METHODS = ("lora", "dora", "rslora")
+PROMPT_LEARNING_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")  # virtual tokens; nothing to merge
 DATA_FORMATS = ("auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text")
 COLUMN_TARGETS = ("messages", "conversations", "instruction", "input", "output", "system",
                   "prompt", "completion", "text", "chosen", "rejected")
@@ -65,7 +67,8 @@ BASE_MODEL = Section({
                                ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")),
     "trust_remote_code": Key((bool,), False, "run modelling code shipped with the checkpoint (off by default)"),
     "tokenizer": Key((str,), None, "tokenizer hub id or directory when it differs from `path`"),
-    "gguf_file": Key((str,), None, "a GGUF file inside `path` (or a path): dequantised once, cached by sha256"),
+    "gguf_file": Key((str,), None, "a GGUF file inside `path` (or a path): dequantised once, cached by sha256 "
+                                          "($FINETUNE_CACHE, default ~/.cache/finetune)"),
     "chat_template": Key((str,), None, "a .jinja file that replaces the tokenizer's chat template (served and saved)"),
     "training_chat_template": Key((str,), None, "a .jinja file with {% generation %} markers for assistant-only "
                                                 "loss; must render exactly as the served template"),
@@ -82,12 +85,18 @@ DATA_SOURCE = Section({
 })
 
 PEFT = Section({
-    "method": Key((str,), "lora", "adapter type", ("lora", "dora", "rslora")),
+    "method": Key((str,), "lora", "adapter type: LoRA family, or prompt learning (soft prompt, no merge)",
+                  LORA_METHODS + PROMPT_LEARNING_METHODS),
     "r": Key((int,), 16, "adapter rank", minimum=1),
     "alpha": Key((int, float), 32, "LoRA alpha (scaling = alpha / r, or alpha / sqrt(r) for rslora)"),
     "dropout": Key((int, float), 0.05, "dropout on the adapter input"),
     "target_modules": Key((str, list), "all-linear", "modules to adapt; all-linear = every linear but lm_head"),
     "modules_to_save": Key((list,), None, "modules trained in full and saved with the adapter"),
+    "num_virtual_tokens": Key((int,), None, "prompt learning: soft-prompt length in tokens (default 20)", minimum=1),
+    "init_text": Key((str,), None, "prompt_tuning: start the soft prompt from this text's embeddings "
+                                   "(default: random)"),
+    "encoder_hidden_size": Key((int,), None, "p_tuning: hidden size of the prompt encoder (default: the "
+                                             "model's)", minimum=1),
 }, "adapter finetuning; omit (or null) for full finetuning", default=None)
 
 QUANTIZATION = Section({
@@ -102,16 +111,21 @@ AUDIT = Section({
     "max_truncated_share": Key((int, float), 0.05,
                                "error when truncation cuts into the answer of more than this share of rows"),
     "require_eos": Key((bool,), True, "error when the end-of-turn/EOS token is never supervised"),
-})
+}, "the label audit before training (what is supervised, what truncation cuts)")
 
 STAGE = Section({
     "name": Key((str,), None, "stage name, used for its run folder; defaults to the kind"),
     "kind": Key((str,), REQUIRED, "what the stage trains", STAGE_KINDS),
     "data": Key((list, dict), REQUIRED,
-                "source names (every row used once), or a mapping name -> weight (a weighted mixture)"),
+                "source names (every row used once), or a mapping name -> weight (a weighted mixture); kto reads "
+                "unpaired rows (prompt, completion, label) or pairs, distill reads prompts"),
     "from": Key((str,), None, "earlier stage whose output this one starts from; default: the latest earlier "
-                "policy stage (sft/dpo/ppo/rloo/grpo), or the base model for an sft stage"),
+                "policy stage (sft/dpo/ppo/rloo/grpo/kto/distill), or the base model for an sft stage"),
     "reward_model": Key((str,), None, "reward stage scoring ppo/rloo/grpo rollouts; default: the latest earlier one"),
+    "teacher": Key((str,), None, "distill: the teacher, an earlier policy stage's name or a model folder "
+                                 "(or .gguf file); it must share the student's vocabulary"),
+    "student": Key((str,), None, "distill: a model folder (or .gguf file) the student starts from instead of "
+                                 "`from`, e.g. a smaller model with the same tokenizer"),
     "rewards": MapOf(Key((int, float)), "grpo/rloo: reward functions and their weights: squad_f1, squad_em, "
                      "length_penalty (need an `answers` column), reward_model; default {reward_model: 1}"),
     "eval_split": Key((int, float), 0, "held-out rows: a fraction (<1) or a count (>=1); 0 = none"),
@@ -154,3 +168,44 @@ RECIPE = Section({
     "eval": Section(EVAL.keys, "evaluation after every stage", default=None),
     "data_audit": DATA_AUDIT,
 })
+
+
+def _default_text(spec: Any) -> str:
+    if isinstance(spec, Section):
+        return "omitted" if spec.default is None else ""
+    if isinstance(spec, (MapOf, ListOf)):
+        return ""
+    if spec.default is REQUIRED:
+        return "required"
+    return "" if spec.default is None else f"`{spec.default}`"
+
+
+def _help_text(spec: Any) -> str:
+    text = spec.help
+    if isinstance(spec, Key) and spec.choices:
+        text += f" ({' / '.join(map(str, spec.choices))})"
+    return text
+
+
+def reference_rows(spec: Any = RECIPE, prefix: str = "") -> list[str]:
+    """README's recipe reference: one markdown row `| key | default | meaning |` per key, in schema order.
+
+    Nested keys are dotted; a named map's entries are `<name>`, a list's items `[]`. tests/test_recipe.py checks
+    that README.md holds exactly these rows, so the reference cannot drift from what validation accepts.
+    """
+    rows: list[str] = []
+    keys = spec.keys if isinstance(spec, Section) else {}
+    for name, sub in keys.items():
+        key = f"{prefix}{name}"
+        rows.append(f"| `{key}` | {_default_text(sub)} | {_help_text(sub)} |")
+        if isinstance(sub, Section):
+            rows += reference_rows(sub, f"{key}.")
+        elif isinstance(sub, MapOf) and isinstance(sub.value, Section):
+            rows += reference_rows(sub.value, f"{key}.<name>.")
+        elif isinstance(sub, ListOf) and isinstance(sub.item, Section):
+            rows += reference_rows(sub.item, f"{key}[].")
+    return rows
+
+
+if __name__ == "__main__":  # python -m finetune.schema: the README's recipe reference table
+    print("| key | default | meaning |\n|---|---|---|\n" + "\n".join(reference_rows()))

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from finetune.data import iter_strings
-from finetune.errors import UserError
+from finetune.errors import UserError, first_line
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
 SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
@@ -110,8 +110,15 @@ def model_config(arch: str, vocab_size: int, tokenizer, hidden: int = 128, layer
 
 
 def build_tiny(out_dir: str | Path, arch: str = "llama", corpus: Iterable[str] = DEFAULT_CORPUS_DIRS,
-               vocab_size: int = 4096, seed: int = 0, overwrite: bool = False, **sizes) -> Path:
-    """Build and save a tiny model + tokenizer in `out_dir`; returns the folder."""
+               vocab_size: int = 4096, seed: int = 0, overwrite: bool = False, tokenizer: str | None = None,
+               **sizes) -> Path:
+    """Build and save a tiny model + tokenizer in `out_dir`; returns the folder.
+
+    `tokenizer`: a model folder whose tokenizer (and chat template) the tiny model takes instead of training
+    one, e.g. a distillation student that must share its teacher's vocabulary; `corpus` and `vocab_size`
+    are then unused. Raises UserError for an unknown architecture, a folder in the way, or an unreadable
+    tokenizer folder.
+    """
     out = Path(out_dir)
     if arch not in ARCHITECTURES:
         raise UserError(f"unknown tiny architecture '{arch}'; choose one of {', '.join(ARCHITECTURES)}")
@@ -122,8 +129,19 @@ def build_tiny(out_dir: str | Path, arch: str = "llama", corpus: Iterable[str] =
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    files = corpus_files(corpus)
-    tokenizer = build_tokenizer(files, vocab_size)
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            source, tokenizer = tokenizer, AutoTokenizer.from_pretrained(tokenizer)
+        except (OSError, ValueError) as e:
+            raise UserError(f"--tokenizer {tokenizer}: cannot load a tokenizer there ({first_line(e)})") from None
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        files = []
+    else:
+        source, files = None, corpus_files(corpus)
+        tokenizer = build_tokenizer(files, vocab_size)
     config = model_config(arch, len(tokenizer), tokenizer, **sizes)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
@@ -133,6 +151,7 @@ def build_tiny(out_dir: str | Path, arch: str = "llama", corpus: Iterable[str] =
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     info = {"arch": arch, "vocab_size": len(tokenizer), "seed": seed, "corpus": [str(f) for f in files],
+            **({"tokenizer": source} if source else {}),
             "parameters": sum(p.numel() for p in model.parameters()), **sizes}
     (out / "tiny.json").write_text(json.dumps(info, indent=2) + "\n")
     return out

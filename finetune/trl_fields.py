@@ -22,6 +22,8 @@ CONFIG_CLASSES: dict[str, tuple[str, str]] = {
     "rloo": ("trl/trainer/rloo_config.py", "RLOOConfig"),
     "grpo": ("trl/trainer/grpo_config.py", "GRPOConfig"),
     "ppo": ("trl/experimental/ppo/ppo_config.py", "PPOConfig"),
+    "kto": ("trl/trainer/kto_config.py", "KTOConfig"),
+    "distill": ("trl/trainer/distillation_config.py", "DistillationConfig"),
 }
 
 # Bases imported through a package's lazy __init__, where the defining file cannot be read off the import.

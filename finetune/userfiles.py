@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from finetune.errors import UserError
+from finetune.errors import UserError, first_line
 
 MAX_DEPTH = 64  # far deeper than any recipe or task (recipes nest about 5 levels)
 MAX_NODES = 200_000  # nodes after alias expansion
@@ -155,5 +155,5 @@ def read_chat_template(path: str | Path) -> str:
         raise UserError(f"{path}: chat template line {e.lineno}: {e.message}") from None
     except Exception as e:  # noqa: BLE001 - a template's own code can raise anything while rendering
         raise UserError(f"{path}: chat template fails on a plain user/assistant conversation "
-                        f"({e.__class__.__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})") from None
+                        f"({e.__class__.__name__}: {first_line(e)})") from None
     return text

@@ -16,20 +16,21 @@ from finetune.tiny import build_tiny
 def test_demo_meets_its_targets_and_writes_its_report(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
     model = build_tiny(tmp_path / "tiny-llama", "llama")  # exactly what `make tiny` builds
+    student = build_tiny(tmp_path / "tiny-llama-student", "llama", hidden=64, layers=2, tokenizer=str(model))
     run_dir = tmp_path / "run"
-    assert demo.main([f"base_model.path={model}", f"output_dir={run_dir}"]) == 0
+    assert demo.main([f"base_model.path={model}", f"stages.4.student={student}", f"output_dir={run_dir}"]) == 0
     out = capsys.readouterr().out
     assert "| base |" in out and "| sft |" in out and "demo wall time" in out
     assert "MISSED" not in out, out  # the learning targets; the wall-time line is never asserted
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     em = {stage: r["qa_heldout"]["exact"] for stage, r in results.items()}
-    assert em["base"] < 5 and em["sft"] >= 50, em
+    assert em["base"] < 5 and em["sft"] >= 50 and em["distill-start"] < 5 and em["distill"] >= 25, em
     for stage in ("ppo", "dpo"):  # one flipped answer of 120 is noise; a drop must pass a paired test to count
         drop = demo.paired_drop(demo.per_question(run_dir, "sft"), demo.per_question(run_dir, stage))
         assert drop["p"] >= demo.ALPHA, (stage, drop, em)
     accuracy = json.loads((run_dir / "reward" / "manifest.json").read_text())["reward_accuracy"]["accuracy"]
     assert accuracy >= 0.9
-    check_report(run_dir, ["sft", "reward", "ppo", "dpo"])
+    check_report(run_dir, ["sft", "reward", "ppo", "dpo", "distill"])
 
 
 def test_paired_drop_is_mcnemars_exact_test():

@@ -67,7 +67,8 @@ def check_report(run_dir, stages):
     report = (run_dir / "report.md").read_text()
     for stage in stages:
         assert f"[manifest]({stage}/manifest.json)" in report
-    pngs = ["loss.png", "eval.png"] + [f"{s}.png" for s in stages if s in ("reward", "ppo", "dpo", "rloo")]
+    pngs = ["loss.png", "eval.png"] + [f"{s}.png" for s in stages if s in ("reward", "ppo", "dpo", "rloo", "kto",
+                                                                            "distill")]
     for png in pngs:
         assert f"(report/{png})" in report, png
         path = run_dir / "report" / png

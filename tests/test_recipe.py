@@ -136,7 +136,7 @@ BAD_RECIPES = [
     case("bad-kind", GOOD.replace("kind: sft", "kind: sft2"),
          "stages[0].kind: 'sft2' is not one of", "did you mean 'sft'?"),
     case("bad-peft-method", stage("peft: {method: loraa}"),
-         "stages[0].peft.method: 'loraa' is not one of lora, dora, rslora; did you mean 'lora'?"),
+         "stages[0].peft.method: 'loraa' is not one of lora, dora, rslora, prompt_tuning, p_tuning, prefix_tuning; did you mean 'lora'?"),
     case("bad-quant-bits", stage("peft: {}\nquantization: {bits: 3}"), "stages[0].quantization.bits: '3' is not one of 4, 8"),
     case("bad-data-format", top("data: {chat: {path: $CHAT, format: chatml}}\n"), "data.chat.format: 'chatml' is not one of"),
     case("stages-not-a-list", top("stages: {kind: sft, data: [chat]}\n"), "stages: expected a list, got dict"),
@@ -450,7 +450,8 @@ def test_section_defaults_when_present_but_empty(tmp_path):
     r = load_recipe(recipe)
     s = r["stages"][0]
     assert s["peft"] == {"method": "lora", "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear",
-                         "modules_to_save": None}
+                         "modules_to_save": None, "num_virtual_tokens": None, "init_text": None,
+                         "encoder_hidden_size": None}
     assert s["quantization"] == {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"}
     assert r["eval"] == {"tasks": [], "base": True, "batch_size": 16, "limit": None, "max_new_tokens": None}
 
@@ -479,6 +480,9 @@ def _needs_built_model(path: Path) -> bool:
 def test_shipped_recipe_validates(recipe, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)  # shipped recipes name their data relative to the repository root
     overrides = [f"base_model.path={tmp_path}"] if _needs_built_model(recipe) else []
+    for stage in yaml.safe_load((REPO / recipe).read_text(encoding="utf-8")).get("stages") or []:
+        if str(stage.get("student", "")).startswith("models/"):  # a student `make` builds
+            overrides.append(f"stages.{stage['name']}.student={tmp_path}")
     rc, out, err = validate_cli(capsys, recipe, *overrides)
     assert (rc, err) == (0, ""), err
     assert out.startswith(f"{recipe}: ok"), out
@@ -552,3 +556,14 @@ def test_validate_does_not_import_torch(tmp_path):
     lines = proc.stdout.splitlines()
     assert lines[0].startswith(f"{recipe}: ok"), proc.stdout
     assert lines[-1] == "0 False False False", f"validate imported heavy modules (torch, transformers, trl): {lines[-1]}"
+
+
+def test_readme_recipe_reference_is_the_schema():
+    """README's recipe reference table is exactly `python -m finetune.schema`: every key validation accepts,
+    with its default and meaning, and no key it does not."""
+    from finetune.schema import reference_rows
+
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("| key | default | meaning |")
+    table = readme[start:readme.index("\n\n", start)].splitlines()[2:]
+    assert table == reference_rows()

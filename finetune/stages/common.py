@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from finetune import modeling
-from finetune.errors import UserError
+from finetune.errors import UserError, first_line
 from finetune.manifest import last_checkpoint, sha256_text
 
 RECORDED_ARGS = ("bf16", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
@@ -45,7 +45,7 @@ def build_config(config_cls, stage: dict, seed: int, stage_dir: Path, has_eval: 
     try:
         return config_cls(**kwargs)
     except (ValueError, TypeError, AssertionError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        msg = first_line(e)
         raise UserError(f"stage {stage['name']}: train: {config_cls.__name__} rejected the settings: {msg}") from None
 
 
@@ -61,15 +61,18 @@ def build_trainer(trainer_cls, stage: dict, explain=None, **kwargs):
         specific = explain(e) if explain else None
         if specific is None and isinstance(e, RuntimeError):
             raise  # a runtime failure is ours or the stack's to fix, not a settings problem
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        msg = first_line(e)
         raise UserError(specific or f"stage {stage['name']}: {trainer_cls.__name__} rejected the settings: {msg}") \
             from None
 
 
 def start_dir(recipe: dict, init: dict) -> str:
-    """The folder this stage starts from: the base model, or the full (merged if needed) model of `from`."""
+    """The folder this stage starts from: the base model, the full (merged if needed) model of `from`, or a
+    distill stage's `student:` folder."""
     from finetune.artifacts import full_model_dir
 
+    if init.get("student"):  # a distill stage's own student folder
+        return init["student"]["path"]
     if not init.get("artifact"):
         return recipe["base_model"]["path"]
     return str(full_model_dir(init["artifact"], recipe["base_model"]))
@@ -91,7 +94,7 @@ def stage_tokenizer(recipe: dict, init: dict):
     is checked to render exactly as that template before the stage trains (UserError otherwise)."""
     from finetune import chat_templates
 
-    source = start_dir(recipe, init) if init.get("artifact") else None
+    source = start_dir(recipe, init) if init.get("artifact") or init.get("student") else None
     tokenizer = modeling.load_tokenizer(recipe["base_model"], source)
     chat_templates.training_template_for(tokenizer, recipe["base_model"])
     return tokenizer
