@@ -37,6 +37,7 @@ help:
 	@echo "make recipes   list every recipe target; make <recipe> runs it, make <recipe>-<stage> one stage"
 	@echo "make tiny      build the tiny Llama and Qwen2 models (and the demo's student) under models/"
 	@echo "make vocab     real Llama 3 and Qwen2 tokenizers (GGUF vocabularies from the llama-cpp-python sdist)"
+	@echo "make smollm2-135m-student  a 10-layer distillation student cut from SmolLM2-135M-Instruct"
 
 install: $(STAMP)
 

@@ -74,3 +74,17 @@ def pytest_report_header(config):
 
     path = os.environ.get("FINETUNE_KERNEL_PATH", "native")
     return f"cpu kernels: {path}, torch capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+# Fixtures that build a model: a test that asks for one loads, trains or generates with it.
+MODEL_FIXTURES = {"tiny_llama", "tiny_qwen2", "tiny_mistral", "student", "adapters"}
+SLOW_MODULES = {"test_demo", "test_real_model", "test_real_recipes", "test_distributed"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark `slow` every test that loads or trains a model; `pytest -m "not slow"` is the inner loop
+    (validation, data, scoring, statistics, CLI errors), `make test` runs everything."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if MODEL_FIXTURES & set(item.fixturenames) or item.get_closest_marker("numerics") or module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

@@ -23,11 +23,14 @@ PER_RECIPE = {
     "dpo": ["data.prefs.max_rows=48", "stages.dpo.train.num_train_epochs=1", "stages.dpo.train.logging_steps=1"],
     "rloo": ["data.prefs.max_rows=48", "stages.reward.train.logging_steps=1", "data.prompts.max_rows=32", "stages.reward.train.num_train_epochs=1",
              "stages.rloo.train.max_steps=2", "stages.rloo.train.max_completion_length=8"],
+    "kto": ["data.prefs.max_rows=48", "stages.kto.train.num_train_epochs=1", "stages.kto.train.logging_steps=1"],
+    "prompt-tuning": ["stages.soft-prompt.train.num_train_epochs=1", "eval.base=true"],
 }
-STAGES = {"ppo": ["sft", "reward", "ppo"], "dpo": ["sft", "dpo"], "rloo": ["sft", "reward", "rloo"]}
+STAGES = {"ppo": ["sft", "reward", "ppo"], "dpo": ["sft", "dpo"], "rloo": ["sft", "reward", "rloo"],
+          "kto": ["sft", "kto"], "prompt-tuning": ["sft", "soft-prompt"]}
 
 
-@pytest.mark.parametrize("name", ["ppo", "dpo", "rloo"])
+@pytest.mark.parametrize("name", ["ppo", "dpo", "rloo", "kto", "prompt-tuning"])
 def test_tiny_pipeline_end_to_end_then_rerun_trains_nothing(tiny_llama, tmp_path, monkeypatch, capsys, name):
     monkeypatch.chdir(REPO)
     overrides = [f"base_model.path={tiny_llama}", *SMALL, *PER_RECIPE[name]]
@@ -41,10 +44,10 @@ def test_tiny_pipeline_end_to_end_then_rerun_trains_nothing(tiny_llama, tmp_path
         assert 0 <= results["reward"]["reward_accuracy"]["accuracy"] <= 1
     assert "(" in table.splitlines()[2], "EM/F1 carry their confidence intervals"
     comparisons = json.loads((tmp_path / "run" / "eval" / "comparisons.json").read_text())
-    assert [(c["from"], c["to"]) for c in comparisons] == [("base", "sft"), ("sft", name)]
+    assert [(c["from"], c["to"]) for c in comparisons] == [("base", "sft"), ("sft", STAGES[name][-1])]
     split = json.loads((tmp_path / "run" / "eval" / "contamination.json").read_text())
     assert split["base"]["capitals_open_chat"]["overlap"]["total"] == 0  # the base saw no training data
-    for stage in ("sft", name):
+    for stage in ("sft", STAGES[name][-1]):
         parts = split[stage]["capitals_open_chat"]
         assert parts["clean"]["total"] + parts["overlap"]["total"] == 4
     check_report(tmp_path / "run", STAGES[name])
