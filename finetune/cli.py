@@ -11,7 +11,8 @@ from finetune.errors import UserError, error_line
 
 
 def cmd_validate(args) -> int:
-    from finetune.recipe import HUB_ID, load_recipe
+    from finetune.recipe import load_recipe
+    from finetune.schema import HUB_ID
 
     recipe = load_recipe(args.recipe, args.overrides)
     stages = ", ".join(f"{s['name']} ({s['kind']})" for s in recipe["stages"])
@@ -29,7 +30,8 @@ def cmd_run(args) -> int:
     from finetune.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)  # validate before any heavy import
-    from finetune.pipeline import log, run_recipe
+    from finetune.pipeline import run_recipe
+    from finetune.ranks import log
 
     results = run_recipe(recipe, output_dir=args.output_dir, only=args.only, force=args.force)
     for name, m in results.items():
@@ -72,7 +74,6 @@ def cmd_import_gguf(args) -> int:
 def _lazy_eval_parser(sub) -> None:
     from finetune.chat import add_parsers
     from finetune.data_audit import add_audit_parser
-    from finetune.eval_models import add_eval_parser
     from finetune.review import add_review_parser
 
     add_eval_parser(sub)
@@ -92,10 +93,45 @@ def positive_int(text: str) -> int:
     return value
 
 
+def cmd_eval(args) -> int:
+    """`finetune eval MODEL_OR_RUN --task T [--task T2]`."""
+    from pathlib import Path
+
+    from finetune.eval_models import evaluate_models, load_for_eval, targets, write_summary
+    from finetune.evaluation import check_task
+    from finetune.ranks import log
+    from finetune.runlock import refuse_if_being_written
+
+    for task in args.task:  # a bad task or row fails before any model loads
+        check_task(task)
+    refuse_if_being_written(args.model)
+    found = targets(args.model)
+    out_root = Path(args.output_dir) if args.output_dir else (
+        Path(args.model) / "eval" if len(found) > 1 else Path("runs") / "eval" / Path(args.model).name)
+    loaded = []
+    for label, model_dir, manifest in found:
+        model, tokenizer = load_for_eval(model_dir, manifest)
+        loaded.append((label, model, tokenizer))
+    results = evaluate_models(loaded, args.task, out_root, args.batch_size, args.limit, args.max_new_tokens, log)
+    print(write_summary(results, out_root, args.task, args.limit), end="")
+    print(f"outputs in {out_root}", file=sys.stderr)
+    return 0
+
+
+def add_eval_parser(sub) -> None:
+    p = sub.add_parser("eval", help="generate answers and score them SQuAD-style (EM/F1)")
+    p.add_argument("model", help="model folder, adapter folder, a run's stage folder, or a whole run folder")
+    p.add_argument("--task", action="append", required=True, help="task name (eval/tasks/<name>.yaml) or path; "
+                   "repeat for several")
+    p.add_argument("--output-dir", help="where predictions.jsonl, results.json and results.md go")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--limit", type=positive_int, help="score at most this many questions per task")
+    p.add_argument("--max-new-tokens", type=positive_int, help="override the task's max_new_tokens")
+    p.set_defaults(func=cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from finetune.score import add_score_parser
-
-    add_eval_parser = _lazy_eval_parser
 
     parser = argparse.ArgumentParser(
         prog="finetune", description="Recipe-driven SFT, reward modelling, PPO/DPO/RLOO and SQuAD-style eval.")
@@ -143,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import_gguf)
 
     add_score_parser(sub)
-    add_eval_parser(sub)
+    _lazy_eval_parser(sub)
     return parser
 
 

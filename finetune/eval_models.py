@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 from finetune import modeling
 from finetune.errors import UserError
-from finetune.evaluation import check_task, evaluate_task, load_task, results_table
+from finetune.evaluation import evaluate_task, load_task, results_table
 from finetune.manifest import read_json, write_json_atomic
-from finetune.pipeline import log
-from finetune.runlock import refuse_if_being_written
 
 
 def targets(path: str) -> list[tuple[str, Path, dict | None]]:
@@ -90,35 +87,3 @@ def write_summary(results: dict[str, dict[str, dict]], out_root: Path, tasks: li
     if published:
         write_json_atomic(out_root / "published.json", published)
     return table
-
-
-def cmd_eval(args) -> int:
-    """`finetune eval MODEL_OR_RUN --task T [--task T2]`."""
-    for task in args.task:  # a bad task or row fails before any model loads
-        check_task(task)
-    refuse_if_being_written(args.model)
-    found = targets(args.model)
-    out_root = Path(args.output_dir) if args.output_dir else (
-        Path(args.model) / "eval" if len(found) > 1 else Path("runs") / "eval" / Path(args.model).name)
-    loaded = []
-    for label, model_dir, manifest in found:
-        model, tokenizer = load_for_eval(model_dir, manifest)
-        loaded.append((label, model, tokenizer))
-    results = evaluate_models(loaded, args.task, out_root, args.batch_size, args.limit, args.max_new_tokens, log)
-    print(write_summary(results, out_root, args.task, args.limit), end="")
-    print(f"outputs in {out_root}", file=sys.stderr)
-    return 0
-
-
-def add_eval_parser(sub) -> None:
-    from finetune.cli import positive_int
-
-    p = sub.add_parser("eval", help="generate answers and score them SQuAD-style (EM/F1)")
-    p.add_argument("model", help="model folder, adapter folder, a run's stage folder, or a whole run folder")
-    p.add_argument("--task", action="append", required=True, help="task name (eval/tasks/<name>.yaml) or path; "
-                   "repeat for several")
-    p.add_argument("--output-dir", help="where predictions.jsonl, results.json and results.md go")
-    p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--limit", type=positive_int, help="score at most this many questions per task")
-    p.add_argument("--max-new-tokens", type=positive_int, help="override the task's max_new_tokens")
-    p.set_defaults(func=cmd_eval)

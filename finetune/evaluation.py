@@ -153,7 +153,7 @@ def check_task(name_or_path: str) -> dict:
     task = load_task(name_or_path)
     for key, split in (("data", task["split"]), ("few_shot_data", "train")):
         if task[key] and Path(task[key]).is_file():
-            _read_rows(task[key], task["format"], split, task["subset"])
+            read_rows(task[key], task["format"], split, task["subset"])
     return task
 
 
@@ -169,11 +169,11 @@ def _hub_rows(dataset_id: str, subset: str | None, split: str) -> list[dict]:
                         f"({first[:160]})") from None
 
 
-def _read_rows(path: str, fmt: str, split: str = "validation", subset: str | None = None) -> list[dict]:
+def read_rows(path: str, fmt: str, split: str = "validation", subset: str | None = None) -> list[dict]:
     """Rows {id, context, question, golds, impossible} from one of the three input formats."""
     p = Path(path)
     if not p.is_file():
-        from finetune.recipe import HUB_ID
+        from finetune.schema import HUB_ID
 
         if fmt == "squad_json" or not HUB_ID.match(path) or p.suffix:
             raise UserError(f"eval data '{path}' not found")
@@ -246,7 +246,7 @@ def build_prompts(task: dict, rows: list[dict], tokenizer) -> list[str]:
         raise UserError(f"eval task {task['name']}: chat_template: true, but the model's tokenizer has no chat "
                         "template; set base_model.chat_template to a .jinja file, or use a task with "
                         "chat_template: false")
-    shots_pool = _read_rows(task["few_shot_data"], task["format"], "train", task["subset"]) if task["few_shot"] else []
+    shots_pool = read_rows(task["few_shot_data"], task["format"], "train", task["subset"]) if task["few_shot"] else []
     rng = random.Random(0)
     prompts = []
     for r in rows:
@@ -349,7 +349,7 @@ def task_rows(task: dict, limit: int | None = None) -> list[dict]:
     """The questions a task scores: {id, context, question, golds, impossible}, the first `limit` (and the
     task's own `limit`) of them. Raises UserError for a missing file or a malformed row."""
     limits = [n for n in (limit, task["limit"]) if n]
-    return _read_rows(task["data"], task["format"], task["split"], task["subset"])[: min(limits, default=None)]
+    return read_rows(task["data"], task["format"], task["split"], task["subset"])[: min(limits, default=None)]
 
 
 def official_layout(rows: list[dict]) -> list:

@@ -163,6 +163,17 @@ def prepare_trainable(model, peft: dict | None, quant: dict | None, gradient_che
     return model
 
 
+def load_reward_model(path: str | Path, base_model: dict, tokenizer=None):
+    """A trained reward model folder -> (AutoModelForSequenceClassification with one label, in eval mode,
+    tokenizer). The pad token id is set on the config: a sequence classifier finds each row's last token by it.
+    Raises UserError when the folder cannot be loaded."""
+    model = load_base_model({**base_model, "path": str(path)}, None, path=str(path),
+                            auto_class="AutoModelForSequenceClassification", num_labels=1)
+    tokenizer = tokenizer or load_tokenizer(base_model, str(path))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model.eval(), tokenizer
+
+
 def count_parameters(model) -> dict:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -115,7 +115,7 @@ class EvalIndex:
         for spec in task_names:
             try:
                 task = evaluation.load_task(spec)
-                rows = evaluation._read_rows(task["data"], task["format"], task["split"], task["subset"])
+                rows = evaluation.read_rows(task["data"], task["format"], task["split"], task["subset"])
             except UserError as e:  # hub data offline, a missing file: the audit goes on without this task
                 self.tasks[spec] = {"status": f"skipped: {e}"}
                 continue

@@ -15,6 +15,7 @@ import yaml
 from finetune import gguf_models, runlock
 from finetune import manifest as mf
 from finetune.errors import UserError
+from finetune.ranks import log
 from finetune.schema import POLICY_KINDS, RUNNABLE_KINDS
 
 
@@ -22,12 +23,6 @@ def _state():
     from finetune.ranks import state
 
     return state()
-
-
-def log(msg: str) -> None:
-    """Progress lines on stderr, from the main process only when several ranks run."""
-    if _is_main_process():
-        print(f"[finetune] {msg}", file=sys.stderr, flush=True)
 
 
 def _file_hash(path: Path) -> str:

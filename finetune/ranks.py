@@ -21,3 +21,11 @@ def is_main() -> bool:
 
 def barrier() -> None:
     state().wait_for_everyone()
+
+
+def log(msg: str) -> None:
+    """Progress lines on stderr (`[finetune] ...`), from the main process only when several ranks run."""
+    import sys
+
+    if is_main():
+        print(f"[finetune] {msg}", file=sys.stderr, flush=True)

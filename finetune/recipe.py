@@ -10,7 +10,6 @@ import copy
 import difflib
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,10 @@ import yaml
 
 from finetune import chat_templates, schema, userfiles
 from finetune.errors import UserError
-from finetune.schema import REQUIRED, Key, ListOf, MapOf, Section
+from finetune.schema import HUB_ID, REQUIRED, Key, ListOf, MapOf, Section
 from finetune.trl_fields import check_value_type, config_class_name, config_fields
 from finetune.userfiles import parse_yaml
 
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 
 

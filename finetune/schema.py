@@ -6,10 +6,12 @@ dataclass of the stage's kind (see trl_fields.py).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 REQUIRED = object()
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # what a hub model or dataset id looks like
 
 
 @dataclass

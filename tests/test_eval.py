@@ -12,7 +12,7 @@ from conftest import REPO, sft_recipe
 
 from finetune import squad
 from finetune.errors import UserError
-from finetune.evaluation import _read_rows, evaluate_task, extract_answer, generate, load_task
+from finetune.evaluation import evaluate_task, extract_answer, generate, load_task, read_rows
 
 TASKS = ["squad_v1_tiny", "squad_v2_tiny", "capitals_open_chat", "capitals_open_fewshot"]
 
@@ -37,7 +37,7 @@ def test_batched_generation_equals_one_at_a_time(model_and_tokenizer, monkeypatc
     from finetune.evaluation import build_prompts
 
     task = load_task("squad_v1_tiny")
-    prompts = build_prompts(task, _read_rows(task["data"], task["format"]), tok)
+    prompts = build_prompts(task, read_rows(task["data"], task["format"]), tok)
     assert len({len(tok(p)["input_ids"]) for p in prompts}) > 3, "prompts of different lengths need padding"
     batched = generate(model, tok, prompts, 24, batch_size=16, chat=False, progress=False)
     single = [generate(model, tok, [p], 24, batch_size=1, chat=False, progress=False)[0] for p in prompts]
@@ -53,7 +53,7 @@ def test_every_shipped_task_runs_and_matches_official_scoring(model_and_tokenize
     task = load_task(name)
     result = evaluate_task(model, tok, task, tmp_path, batch_size=8)
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == result["total"] == len(_read_rows(task["data"], task["format"]))
+    assert len(rows) == result["total"] == len(read_rows(task["data"], task["format"]))
     assert set(rows[0]) == {"id", "prompt", "generation", "answer", "extracted", "golds", "em", "f1"}
     assert json.loads((tmp_path / "results.json").read_text())["exact"] == result["exact"]
     if task["format"] == "squad_json":  # the harness's numbers are the official script's on the same answers
@@ -84,16 +84,16 @@ def test_input_formats(tmp_path):
                               "answers": {"text": ["Oslo"], "answer_start": [13]}}) + "\n"
                   + json.dumps({"id": "b", "context": "x", "question": "y", "answers": {"text": [],
                                                                                        "answer_start": []}}) + "\n")
-    rows = _read_rows(str(hf), "hf_rows")
+    rows = read_rows(str(hf), "hf_rows")
     assert rows[0]["golds"] == ["Oslo"] and rows[1]["impossible"]
     nq = tmp_path / "nq.jsonl"
     nq.write_text(json.dumps({"question": "capital of Peru", "answer": ["Lima"]}) + "\n")
-    assert _read_rows(str(nq), "open_qa")[0] == {"id": "0", "context": "", "question": "capital of Peru",
+    assert read_rows(str(nq), "open_qa")[0] == {"id": "0", "context": "", "question": "capital of Peru",
                                                  "golds": ["Lima"], "impossible": False}
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "q"}) + "\n")
     with pytest.raises(UserError, match="row 0: missing or malformed field 'answer'"):
-        _read_rows(str(bad), "open_qa")
+        read_rows(str(bad), "open_qa")
 
 
 def test_task_spec_errors(tmp_path):

@@ -168,7 +168,7 @@ def test_fuzzed_eval_data(data, fmt, tmp_path):
         path.write_text(json.dumps(data.draw(structural(valid)), ensure_ascii=False))
     else:
         path.write_bytes(data.draw(byte_level(text)))
-    rows = outcome(evaluation._read_rows, str(path), fmt)
+    rows = outcome(evaluation.read_rows, str(path), fmt)
     for row in rows or []:
         assert isinstance(row["id"], str) and isinstance(row["context"], str) and row["question"].strip()
         assert isinstance(row["golds"], list) and all(isinstance(g, str) for g in row["golds"])

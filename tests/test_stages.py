@@ -48,7 +48,8 @@ def test_reward_stage_reloads_as_sequence_classifier_and_reports_accuracy(tiny_l
     assert acc["pairs"] == 16 and acc["split"] == "eval" and 0.0 <= acc["accuracy"] <= 1.0
     assert out["init"]["stage"] == "sft"
     # the reported accuracy is reproducible from the saved model alone
-    from finetune.stages.reward import load_reward_model, pairwise_accuracy
+    from finetune.modeling import load_reward_model
+    from finetune.stages.reward import pairwise_accuracy
 
     recipe = load_recipe(tmp_path / "recipe.yaml")
     from finetune.data import stage_data

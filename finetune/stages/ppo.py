@@ -33,7 +33,7 @@ def tokenize_prompts(prompts, tokenizer, kind: str):
 def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    from finetune.stages.reward import load_reward_model
+    from finetune.modeling import load_reward_model
 
     tokenizer = common.stage_tokenizer(recipe, init)
     tokenizer.padding_side = "left"  # queries are generated from, so they are padded on the left

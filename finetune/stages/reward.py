@@ -42,15 +42,6 @@ def pairwise_accuracy(model, tokenizer, pairs, kind: str) -> dict:
             "mean_margin": round(sum(a - b for a, b in zip(c, r, strict=True)) / len(wins), 4)}
 
 
-def load_reward_model(path: str | Path, base_model: dict, tokenizer=None):
-    """A trained reward model folder -> (AutoModelForSequenceClassification, tokenizer)."""
-    model = modeling.load_base_model({**base_model, "path": str(path)}, None, path=str(path),
-                                     auto_class="AutoModelForSequenceClassification", num_labels=1)
-    tokenizer = tokenizer or modeling.load_tokenizer(base_model, str(path))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model.eval(), tokenizer
-
-
 def _match_head_dtype(model) -> None:
     """Give the trained score head the dtype of the hidden states it receives.
 
@@ -94,7 +85,7 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     accuracy = None
     if trainer.is_world_process_zero():
         held_out = data["eval"] if data["eval"] is not None else data["train"]
-        reloaded, _ = load_reward_model(out, recipe["base_model"], tokenizer)
+        reloaded, _ = modeling.load_reward_model(out, recipe["base_model"], tokenizer)
         accuracy = {**pairwise_accuracy(reloaded, tokenizer, held_out, data["kind"]),
                     "split": "eval" if data["eval"] is not None else "train (no eval_split set)"}
         log(f"reward model pairwise accuracy on {accuracy['split']}: {accuracy['accuracy']:.3f} "

@@ -19,7 +19,7 @@ ONLINE_DEFAULTS = {"max_completion_length": 32, "num_generations": 4, "log_compl
 def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
     import trl
 
-    from finetune.stages.reward import load_reward_model
+    from finetune.modeling import load_reward_model
 
     config_cls, trainer_cls = ((trl.RLOOConfig, trl.RLOOTrainer) if stage["kind"] == "rloo"
                                else (trl.GRPOConfig, trl.GRPOTrainer))
