@@ -111,6 +111,34 @@ def train(trainer, stage_dir: Path, log, resumable: bool = True):
     return trainer.train()
 
 
+def train_and_save(trainer, tokenizer, stage_dir: Path, log):
+    """Train (resuming where it can), save the model to <stage>/model and, on the main process, the tokenizer
+    beside it. Returns the trainer's TrainOutput."""
+    result = train(trainer, stage_dir, log)
+    trainer.save_model(str(stage_dir / "model"))
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(str(stage_dir / "model"))
+    return result
+
+
+def train_against_reference(trainer_cls, recipe: dict, stage: dict, init: dict, stage_dir: Path, tokenizer,
+                            data: dict, args, log, **extra) -> dict:
+    """What DPO and KTO share after their data: the policy of `from` (quantised if the stage asks), TRL's
+    reference (the policy with its adapter disabled under peft, else a frozen copy), training, the record.
+
+    `trainer_cls` is DPOTrainer or KTOTrainer; `extra` goes into the record (the stage's label audit).
+    """
+    model, source = load_policy(recipe, stage, init, args.gradient_checkpointing)
+    peft = modeling.peft_config(stage["peft"]) if stage["peft"] else None
+    trainer = build_trainer(trainer_cls, stage, model=model, ref_model=None, args=args,
+                            train_dataset=data["train"], eval_dataset=data["eval"],
+                            processing_class=tokenizer, peft_config=peft)
+    log(f"reference: {'the policy with its adapter disabled' if peft else 'a frozen copy of the starting policy'}")
+    result = train_and_save(trainer, tokenizer, stage_dir, log)
+    return record(trainer, result, args, stage, data, tokenizer, stage_dir / "model", source, peft is not None,
+                  **extra)
+
+
 def record(trainer, result, args, stage: dict, data: dict, tokenizer, model_dir: Path, base: str,
            adapter: bool, **extra) -> dict:
     """What the manifest records about a finished training stage."""

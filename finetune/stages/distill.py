@@ -44,10 +44,7 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     trainer = common.build_trainer(DistillationTrainer, stage, model=student, teacher_model=teacher, args=args,
                                    train_dataset=data["train"], eval_dataset=data["eval"],
                                    processing_class=tokenizer, peft_config=peft)
-    result = common.train(trainer, stage_dir, log)
-    trainer.save_model(str(stage_dir / "model"))
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(stage_dir / "model"))
+    result = common.train_and_save(trainer, tokenizer, stage_dir, log)
     return common.record(trainer, result, args, stage, data, tokenizer, stage_dir / "model", source,
                          peft is not None, teacher={"model": str(teacher_dir), "stage": init["teacher_stage"],
                                                     "parameters": sizes["teacher"]},

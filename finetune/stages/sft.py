@@ -104,10 +104,7 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     if stage["audit"]["enabled"]:
         report = audit.label_audit(trainer, data["train"], stage["audit"], tokenizer.eos_token_id)
         log(audit.format_report(report))
-    result = common.train(trainer, stage_dir, log)
-    trainer.save_model(str(stage_dir / "model"))
-    if trainer.is_world_process_zero():
-        tokenizer.save_pretrained(str(stage_dir / "model"))
+    result = common.train_and_save(trainer, tokenizer, stage_dir, log)
     return common.record(trainer, result, args, stage, data, tokenizer, stage_dir / "model", source,
                          stage["peft"] is not None, label_audit=report,
                          training_chat_template=training and {"source": training[1],
