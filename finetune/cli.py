@@ -134,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     from finetune.score import add_score_parser
 
     parser = argparse.ArgumentParser(
-        prog="finetune", description="Recipe-driven SFT, reward modelling, PPO/DPO/RLOO and SQuAD-style eval.")
+        prog="finetune", description="Recipe-driven SFT, reward modelling, PPO/DPO/RLOO/GRPO/KTO, distillation "
+                                     "and SQuAD-style eval.")
     parser.add_argument("--version", action="version", version=f"finetune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
