@@ -6,11 +6,11 @@ from pathlib import Path
 
 from finetune import userfiles
 from finetune.errors import UserError, first_line
+from finetune.schema import BASE_MODEL
 
-# base_model keys a folder found on its own (an adapter's base, a model under eval) is loaded with.
-BASE_MODEL_DEFAULTS = {"revision": None, "dtype": "auto", "attn_implementation": None, "trust_remote_code": False,
-                       "tokenizer": None, "chat_template": None,
-                       "training_chat_template": None}
+# base_model keys a folder found on its own (an adapter's base, a model under eval) is loaded with: the
+# schema's own defaults, so the two cannot drift apart.
+BASE_MODEL_DEFAULTS = {key: spec.default for key, spec in BASE_MODEL.keys.items() if key != "path"}
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 

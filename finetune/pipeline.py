@@ -8,6 +8,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -124,6 +125,51 @@ def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = N
         return _run_stages(recipe, run_dir, only, force)
 
 
+@dataclass(frozen=True)
+class Decision:
+    """What to do with one stage of a run: see `decide`."""
+
+    action: str  # stop | reuse | skip | run | resume | retrain | refuse_unfinished | refuse_changed
+    why: str
+
+
+def decide(name: str, fingerprint: str, *, done: bool, done_fingerprint: str | None,
+           started_fingerprint: str | None, has_checkpoint: bool, only: str | None = None,
+           only_finished: bool = False, force: bool = False) -> Decision:
+    """The run / skip / resume / refuse decision for one stage, from what its folder holds. Pure: no I/O.
+
+    `fingerprint` is this run's inputs fingerprint for the stage; `done` / `done_fingerprint` come from its
+    manifest.json (written last, when it finished), `started_fingerprint` from inputs.json (written when it
+    started), `has_checkpoint` says whether a complete checkpoint survived. `only` is `--only STAGE` and
+    `only_finished` whether that stage has already been handled in this run; `force` is `--force`.
+
+    - stop: the stages after `--only`'s are neither run nor required;
+    - reuse: a stage before `--only`'s that finished (whatever its inputs: `--only` trusts it);
+    - refuse_unfinished: a stage before `--only`'s that never finished;
+    - skip: finished with the same inputs;
+    - refuse_changed: finished, or stopped after a checkpoint, with other inputs, and no `--force`;
+    - retrain: the same with `--force` (the folder is replaced);
+    - resume: stopped after a checkpoint with the same inputs (the trainer resumes from it);
+    - run: nothing kept (never started, or stopped before its first checkpoint).
+    """
+    if only and only_finished:
+        return Decision("stop", f"after --only {only}")
+    if only and name != only:
+        if done:
+            return Decision("reuse", f"before --only {only}, finished")
+        return Decision("refuse_unfinished", f"before --only {only}, not finished")
+    if done and done_fingerprint == fingerprint:
+        return Decision("skip", "finished with unchanged inputs")
+    started = started_fingerprint if (done or has_checkpoint) else None  # no checkpoint: nothing to keep
+    if (done or started) and started != fingerprint:
+        if force:
+            return Decision("retrain", "run before with other inputs; --force")
+        return Decision("refuse_changed", "run before with other inputs")
+    if has_checkpoint:
+        return Decision("resume", "stopped after a checkpoint, same inputs")
+    return Decision("run", "nothing to keep")
+
+
 def _run_stages(recipe: dict, run_dir: Path, only: str | None, force: bool) -> dict:
     if _is_main_process():
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump({k: v for k, v in recipe.items() if k != "source"},
@@ -136,31 +182,30 @@ def _run_stages(recipe: dict, run_dir: Path, only: str | None, force: bool) -> d
         inputs = stage_inputs(recipe, stage, init)
         fp = mf.inputs_fingerprint(**inputs)
         done = mf.read_json(stage_dir / "manifest.json")
-        if only and only in results:
-            break  # the stages after --only's are neither run nor required
-        if only and stage["name"] != only:
-            if not done:
-                raise UserError(f"--only {only}: stage '{stage['name']}' before it has not finished; run it first")
+        started = mf.read_json(stage_dir / "inputs.json")
+        decision = decide(stage["name"], fp, done=bool(done), done_fingerprint=(done or {}).get("inputs_fingerprint"),
+                          started_fingerprint=(started or {}).get("inputs_fingerprint"),
+                          has_checkpoint=mf.last_checkpoint(stage_dir / "checkpoints") is not None,
+                          only=only, only_finished=bool(only and only in results), force=force)
+        if decision.action == "stop":
+            break
+        if decision.action == "refuse_unfinished":
+            raise UserError(f"--only {only}: stage '{stage['name']}' before it has not finished; run it first")
+        if decision.action == "refuse_changed":
+            changed = _changed(json.loads(json.dumps((started or {}).get("inputs") or {}, default=str)),
+                               json.loads(json.dumps(inputs, default=str)))
+            raise UserError(f"{stage_dir}: this stage was run with other inputs (changed: {changed}); "
+                            f"pass --force to retrain it, or use another --output-dir")
+        if decision.action in ("reuse", "skip"):
+            if decision.action == "skip":
+                log(f"{stage['name']}: done with unchanged inputs, skipped ({stage_dir})")
             results[stage["name"]] = done
             continue
-        if done and done.get("inputs_fingerprint") == fp:
-            log(f"{stage['name']}: done with unchanged inputs, skipped ({stage_dir})")
-        else:
-            started = mf.read_json(stage_dir / "inputs.json")
-            trained = done or mf.last_checkpoint(stage_dir / "checkpoints")
-            if started and not trained:
-                started = None  # it stopped before any checkpoint: nothing to keep, start afresh
-            if (done or started) and (started or {}).get("inputs_fingerprint") != fp:
-                if not force:
-                    changed = _changed(json.loads(json.dumps((started or {}).get("inputs") or {}, default=str)),
-                                       json.loads(json.dumps(inputs, default=str)))
-                    raise UserError(f"{stage_dir}: this stage was run with other inputs (changed: {changed}); "
-                                    f"pass --force to retrain it, or use another --output-dir")
-                if _is_main_process():
-                    shutil.rmtree(stage_dir)
-                _state().wait_for_everyone()
-            done = _run_stage(recipe, stage, init, stage_dir, fp, audit_summary, inputs)
-        results[stage["name"]] = done
+        if decision.action == "retrain":
+            if _is_main_process():
+                shutil.rmtree(stage_dir)
+            _state().wait_for_everyone()
+        results[stage["name"]] = _run_stage(recipe, stage, init, stage_dir, fp, audit_summary, inputs)
     if recipe["eval"] and recipe["eval"]["tasks"] and _is_main_process():
         run_evals(recipe, run_dir, results)
     if _is_main_process():
