@@ -159,7 +159,11 @@ def prepare_trainable(model, peft: dict | None, quant: dict | None, gradient_che
     if peft:
         from peft import get_peft_model
 
-        model = get_peft_model(model, peft_config(peft, task_type, getattr(model, "name_or_path", None)))
+        try:
+            model = get_peft_model(model, peft_config(peft, task_type, getattr(model, "name_or_path", None)))
+        except OSError as e:  # prompt tuning's init_text reads the tokenizer from the model's folder
+            raise UserError(f"peft.init_text: cannot read a tokenizer beside the model to embed the text "
+                            f"({first_line(e)}); drop init_text or keep the tokenizer with the model") from None
     return model
 
 

@@ -160,7 +160,9 @@ def decide(name: str, fingerprint: str, *, done: bool, done_fingerprint: str | N
         return Decision("refuse_unfinished", f"before --only {only}, not finished")
     if done and done_fingerprint == fingerprint:
         return Decision("skip", "finished with unchanged inputs")
-    started = started_fingerprint if (done or has_checkpoint) else None  # no checkpoint: nothing to keep
+    # No checkpoint: nothing to keep. (An inputs.json without a fingerprint, which no version writes, now
+    # resumes a surviving checkpoint where the code before this function refused it.)
+    started = started_fingerprint if (done or has_checkpoint) else None
     if (done or started) and started != fingerprint:
         if force:
             return Decision("retrain", "run before with other inputs; --force")
@@ -232,7 +234,7 @@ def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
     for label, model_dir, manifest in plan:
         identity = manifest["inputs_fingerprint"] if manifest else mf.inputs_fingerprint(base=recipe["base_model"])
         if model_dir is not None and manifest is None:  # a distill stage's starting student
-            identity = mf.inputs_fingerprint(student=_folder_identity(str(model_dir)))
+            identity = mf.inputs_fingerprint(student=_folder_identity(str(model_dir)), base=recipe["base_model"])
         cached = {t["name"]: mf.read_json(out_root / label / t["name"] / "results.json") for t in tasks}
         if all(c and c.get("model_fingerprint") == identity and c.get("task_sha256") == t["sha256"]
                for t, c in zip(tasks, cached.values(), strict=True)):
@@ -266,6 +268,7 @@ def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
                 "base" if cfg["base"] else None)
             if start:
                 pairs.append((start, name))
+    pairs = list(dict.fromkeys(pairs))  # a student starting from its own teacher is one comparison
     comparisons = compare_stages(out_root, pairs, [t["name"] for t in tasks])
     if comparisons:
         log(f"paired comparisons ({out_root / 'comparisons.md'}):\n{comparison_table(comparisons)}")

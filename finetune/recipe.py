@@ -196,6 +196,9 @@ def _check_train_block(kind: str, train: dict, key: str, file: str) -> None:
     for owned in ("output_dir", "seed"):
         if owned in train:
             raise UserError(f"{file}: {key}.{owned}: set by the toolkit; use the recipe's top-level `{owned}`")
+    if kind == "kto" and train.get("per_device_train_batch_size") == 1:
+        raise UserError(f"{file}: {key}.per_device_train_batch_size: KTO estimates its KL term from the other "
+                        f"rows of a batch, so it needs at least 2 rows per device")
     if kind == "sft":  # the stage's `loss:` sets these from the data's kind (finetune.stages.sft.LOSS_FLAGS)
         for owned in ("assistant_only_loss", "completion_only_loss"):
             if owned in train:
@@ -240,6 +243,9 @@ def validate(raw: dict, file: str) -> dict:
     for i, stage in enumerate(recipe["stages"]):
         key = f"stages[{i}]"
         stage["name"] = stage["name"] or stage["kind"]
+        if stage["name"] == "base" or stage["name"].endswith("-start"):
+            raise UserError(f"{file}: {key}.name: '{stage['name']}' is reserved for evaluation labels (the base "
+                            f"model, a distilled student before training); choose another name")
         if stage["name"] in seen_names:
             raise UserError(f"{file}: {key}.name: duplicate stage name '{stage['name']}'; give each stage a name")
         seen_names.add(stage["name"])
@@ -314,6 +320,9 @@ def _check_peft(stage: dict, key: str, file: str) -> None:
         if peft[option] is not None and peft["method"] not in methods:
             raise UserError(f"{file}: {key}.peft.{option}: only for peft.method {' or '.join(methods)}, "
                             f"not {peft['method']}")
+    if prompt_learning and stage["train"].get("packing"):
+        raise UserError(f"{file}: {key}.train.packing: {peft['method']} prepends virtual tokens to every row, "
+                        f"which packed rows (several examples, restarting positions) cannot take; drop packing")
     if prompt_learning and stage["kind"] != "sft":
         raise UserError(f"{file}: {key}.peft.method: {peft['method']} trains a soft prompt in sft stages only "
                         f"(TRL's {stage['kind']} trainer does not run it); use lora here")
@@ -329,8 +338,9 @@ def _check_distill(stage: dict, key: str, file: str) -> None:
     if not stage["teacher"]:
         raise UserError(f"{file}: {key}.teacher: a distill stage needs a teacher (an earlier stage's name or a "
                         f"model folder)")
-    if stage["student"] is not None:
-        _check_local_path(stage["student"], f"{key}.student", file, "model")
+    if stage["student"] is not None and not Path(stage["student"]).expanduser().exists():
+        raise UserError(f"{file}: {key}.student: model folder (or .gguf file) '{stage['student']}' not found "
+                        f"(relative paths are from the working directory)")
 
 
 def _vocab_size(path: str) -> int | None:
@@ -353,6 +363,10 @@ def _resolve_teacher(stage: dict, earlier: dict, base_path: str, key: str, file:
         if earlier[teacher]["kind"] not in schema.POLICY_KINDS:
             raise UserError(f"{file}: {key}.teacher: '{teacher}' is a {earlier[teacher]['kind']} stage; a teacher "
                             f"is a causal LM (a policy stage) or a model folder")
+        peft = earlier[teacher]["peft"]
+        if peft and peft["method"] in schema.PROMPT_LEARNING_METHODS:
+            raise UserError(f"{file}: {key}.teacher: '{teacher}' trained a soft prompt ({peft['method']}), which "
+                            f"cannot be merged into the weights a teacher is loaded as; use another stage")
         teacher_path = base_path if earlier[teacher]["student"] is None else earlier[teacher]["student"]
     elif Path(teacher).expanduser().exists():
         teacher_path = teacher

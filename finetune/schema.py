@@ -59,7 +59,7 @@ LORA_METHODS = ("lora", "dora", "rslora")
 PROMPT_LEARNING_METHODS = ("prompt_tuning", "p_tuning", "prefix_tuning")  # virtual tokens; nothing to merge
 DATA_FORMATS = ("auto", "messages", "alpaca", "sharegpt", "prompt_completion", "text")
 COLUMN_TARGETS = ("messages", "conversations", "instruction", "input", "output", "system",
-                  "prompt", "completion", "text", "chosen", "rejected")
+                  "prompt", "completion", "text", "chosen", "rejected", "label")
 
 BASE_MODEL = Section({
     "path": Key((str,), REQUIRED, "hub id (org/name) or local directory of a pretrained causal LM"),

@@ -139,10 +139,14 @@ def build_tiny(out_dir: str | Path, arch: str = "llama", corpus: Iterable[str] =
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         files = []
+        try:  # a model's embedding table may be padded beyond its tokenizer (Qwen2.5: 151936 rows, 151665 tokens)
+            padded = json.loads((Path(source) / "config.json").read_text()).get("vocab_size") or 0
+        except (OSError, ValueError):
+            padded = 0
     else:
-        source, files = None, corpus_files(corpus)
+        source, files, padded = None, corpus_files(corpus), 0
         tokenizer = build_tokenizer(files, vocab_size)
-    config = model_config(arch, len(tokenizer), tokenizer, **sizes)
+    config = model_config(arch, max(len(tokenizer), padded), tokenizer, **sizes)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config = GenerationConfig(
@@ -150,7 +154,7 @@ def build_tiny(out_dir: str | Path, arch: str = "llama", corpus: Iterable[str] =
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    info = {"arch": arch, "vocab_size": len(tokenizer), "seed": seed, "corpus": [str(f) for f in files],
+    info = {"arch": arch, "vocab_size": config.vocab_size, "seed": seed, "corpus": [str(f) for f in files],
             **({"tokenizer": source} if source else {}),
             "parameters": sum(p.numel() for p in model.parameters()), **sizes}
     (out / "tiny.json").write_text(json.dumps(info, indent=2) + "\n")

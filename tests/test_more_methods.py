@@ -121,14 +121,11 @@ def test_bad_unpaired_rows_are_one_line(tmp_path, change, fragment):
         unpaired(ds, "bad.jsonl")
 
 
-def test_kto_with_one_label_only_or_a_batch_of_one_is_refused(tiny_llama, write_recipe, tmp_path):
+def test_kto_with_one_label_only_is_refused(tiny_llama, write_recipe, tmp_path):
     recipe = with_stages(tiny_llama, kto_stage("feedback"))
     recipe["data"]["feedback"] = {"path": _unpaired_file(tmp_path, labels=lambda i: True)}
     with pytest.raises(UserError, match="all 64 rows are labelled desirable"):
         run(recipe, write_recipe, tmp_path)
-    one = with_stages(tiny_llama, kto_stage(per_device_train_batch_size=1))
-    with pytest.raises(UserError, match="stage kto: KTOTrainer rejected the settings: Actual .* batch size must be > 1"):
-        run_recipe(load_recipe(write_recipe(one, "one.yaml")), output_dir=str(tmp_path / "run-one"))
 
 
 # --- distillation ------------------------------------------------------------------------------------------
@@ -183,6 +180,43 @@ def validate(capsys, write_recipe, recipe) -> tuple[int, str]:
 def test_distill_recipe_mistakes_fail_validate_in_one_line(tiny_llama, write_recipe, capsys, stage, fragment):
     code, err = validate(capsys, write_recipe, with_stages(tiny_llama, {**distill_stage(), **stage}))
     assert code == 2 and fragment in err and len(err.splitlines()) == 1, err
+
+
+def test_a_soft_prompt_teacher_a_missing_student_and_reserved_names_fail_validate(tiny_llama, write_recipe,
+                                                                                  capsys):
+    distill = distill_stage(teacher="soft", **{"from": "sft"})
+    recipe = with_stages(tiny_llama, soft_prompt_stage("prompt_tuning"), distill)
+    recipe["data"]["few"] = recipe["data"]["chat"]
+    code, err = validate(capsys, write_recipe, recipe)
+    assert code == 2 and "stages[2].teacher: 'soft' trained a soft prompt (prompt_tuning)" in err, err
+    code, err = validate(capsys, write_recipe, with_stages(tiny_llama, distill_stage(student="models/nope")))
+    assert code == 2 and "stages[1].student: model folder (or .gguf file) 'models/nope' not found" in err, err
+    for name in ("base", "distill-start"):
+        code, err = validate(capsys, write_recipe, with_stages(tiny_llama, distill_stage(name=name)))
+        assert code == 2 and f"'{name}' is reserved for evaluation labels" in err, err
+
+
+def test_kto_batch_of_one_and_packed_soft_prompts_fail_validate(tiny_llama, write_recipe, capsys):
+    code, err = validate(capsys, write_recipe, with_stages(tiny_llama, kto_stage(per_device_train_batch_size=1)))
+    assert code == 2 and "needs at least 2 rows per device" in err, err
+    stage = soft_prompt_stage("prefix_tuning")
+    stage["train"]["packing"] = True
+    recipe = with_stages(tiny_llama, stage)
+    recipe["data"]["few"] = recipe["data"]["chat"]
+    code, err = validate(capsys, write_recipe, recipe)
+    assert code == 2 and "train.packing: prefix_tuning prepends virtual tokens" in err, err
+
+
+def test_unpaired_columns_can_be_renamed(tmp_path):
+    from finetune.data import load_source
+    from finetune.preference import unpaired
+
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"q": "Q?", "a": "A.", "thumbs_up": true}\n{"q": "Q2?", "a": "B.", "thumbs_up": false}\n')
+    src = {"path": str(path), "format": "auto", "columns": {"prompt": "q", "completion": "a", "label": "thumbs_up"},
+           "split": "train", "subset": None, "revision": None, "max_rows": None}
+    rows, dropped, kind = unpaired(load_source("log", src, 0), "log.jsonl")
+    assert list(rows["label"]) == [True, False] and kind == "text" and dropped == {}
 
 
 def test_a_student_with_another_vocabulary_fails_validate(tiny_llama, write_recipe, tmp_path, capsys):
