@@ -15,6 +15,10 @@ def cmd_validate(args) -> int:
     from finetune.schema import HUB_ID
 
     recipe = load_recipe(args.recipe, args.overrides)
+    if args.deep:  # what `finetune run` checks before its first stage trains (imports TRL: seconds)
+        from finetune.pipeline import preflight
+
+        preflight(recipe)
     stages = ", ".join(f"{s['name']} ({s['kind']})" for s in recipe["stages"])
     print(f"{args.recipe}: ok — {len(recipe['stages'])} stage(s): {stages}")
     from finetune.chat_templates import fidelity_note
@@ -150,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a recipe (schema, TRL fields, paths) without loading a model")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value")
+    p.add_argument("--deep", action="store_true", help="also read every stage's data and build its TRL config, "
+                   "as `finetune run` does before training (seconds: imports TRL)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("tiny", help="build a tiny random-weight model + BPE tokenizer offline")

@@ -75,12 +75,33 @@ def _is_main_process() -> bool:
     return _state().is_main_process
 
 
-def _stage_runner(kind: str):
+def _stage_module(kind: str):
     if kind not in RUNNABLE_KINDS:
         raise UserError(f"stage kind '{kind}' is not available (available: {', '.join(RUNNABLE_KINDS)})")
     import importlib
 
-    return importlib.import_module(f"finetune.stages.{'rloo' if kind == 'grpo' else kind}").run
+    return importlib.import_module(f"finetune.stages.{'rloo' if kind == 'grpo' else kind}")
+
+
+def _stage_runner(kind: str):
+    return _stage_module(kind).run
+
+
+def preflight(recipe: dict) -> None:
+    """Before the first stage trains, what every stage checks before its own first heavy step: its data is
+    read and normalised (bad rows, mixed kinds, an eval split that leaves nothing) and its TRL config is built
+    from its `train:` block (settings TRL's config refuses, a `loss:` that does not fit the data, verifiable
+    rewards without gold answers). So a mistake in the last stage fails before the first one trains, not
+    after. Loads no model. Raises UserError naming the stage."""
+    import tempfile
+
+    from finetune.data import stage_data
+    from finetune.data_audit import PURPOSE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for stage in recipe["stages"]:
+            data = stage_data(recipe, stage, PURPOSE[stage["kind"]])
+            _stage_module(stage["kind"]).config(recipe, stage, data, Path(tmp) / stage["name"], None)
 
 
 def _init_for(stage: dict, results: dict) -> dict:
@@ -119,8 +140,9 @@ def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = N
     for stage in recipe["stages"]:
         if stage["kind"] not in RUNNABLE_KINDS:
             _stage_runner(stage["kind"])  # raises the clear error before any training
-    mf.claim_run_dir(run_dir, recipe["name"], write=_is_main_process())
+    mf.claim_run_dir(run_dir, recipe["name"], write=_is_main_process())  # someone else's folder: refused first
     _state().wait_for_everyone()
+    preflight(recipe if not only else {**recipe, "stages": [s for s in recipe["stages"] if s["name"] == only]})
     with runlock.hold(run_dir, log) if _is_main_process() else contextlib.nullcontext():
         return _run_stages(recipe, run_dir, only, force)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import DATA, sft_recipe
+from conftest import DATA, REPO, sft_recipe
 
 from finetune.cli import main
 from finetune.errors import UserError
@@ -304,3 +304,34 @@ def test_a_student_made_from_its_teacher_keeps_chosen_layers(tiny_llama, tmp_pat
     assert main(["student", str(tiny_llama), str(out), "--layers", "1"]) == 2  # never overwrites
     assert main(["student", str(tiny_llama), str(tmp_path / "s3"), "--layers", "3"]) == 2
     assert "keep between 1 and the teacher's 2 layers" in capsys.readouterr().err
+
+
+# --- preflight: a mistake in the last stage fails before the first one trains -----------------------------
+
+
+def test_a_setting_trl_refuses_in_the_last_stage_fails_before_the_first_trains(tiny_llama, write_recipe, tmp_path,
+                                                                              capsys):
+    """GRPO's batch of 4 completions cannot be cut into groups of 3: TRL's config refuses it. Static validation
+    cannot know that; the run's preflight (and `validate --deep`) builds every stage's config before training."""
+    grpo = {"name": "grpo", "kind": "grpo", "data": ["prompts"], "rewards": {"length_penalty": 1.0},
+            "train": {"max_steps": 1, "per_device_train_batch_size": 4, "num_generations": 3, **FAST}}
+    recipe = with_stages(tiny_llama, grpo)
+    recipe["data"]["prompts"]["path"] = str(REPO / "recipes" / "realdata" / "xquad" / "train_prompts.jsonl")
+    path = write_recipe(recipe)
+    assert main(["validate", str(path)]) == 0  # the fast check passes: the values have the right types
+    capsys.readouterr()
+    assert main(["validate", "--deep", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: stage grpo: train: GRPOConfig rejected the settings: generation_batch_size (4) must be "
+                   "divisible by num_generations (3)."), err
+    with pytest.raises(UserError, match="stage grpo: train: GRPOConfig rejected the settings"):
+        run_recipe(load_recipe(path), output_dir=str(tmp_path / "run"))
+    assert not (tmp_path / "run" / "sft").exists()  # nothing trained
+
+
+def test_verifiable_rewards_without_gold_answers_fail_before_training(tiny_llama, write_recipe, tmp_path):
+    grpo = {"name": "grpo", "kind": "grpo", "data": ["prompts"], "rewards": {"squad_f1": 1.0},
+            "train": {"max_steps": 1, "per_device_train_batch_size": 4, "num_generations": 4, **FAST}}
+    with pytest.raises(UserError, match=r"stage grpo: rewards \['squad_f1'\] score against gold answers"):
+        run(with_stages(tiny_llama, grpo), write_recipe, tmp_path)
+    assert not (tmp_path / "run" / "sft").exists()

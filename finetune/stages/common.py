@@ -162,6 +162,11 @@ def require_chat_template(tokenizer, data: dict, recipe: dict, stage: dict) -> N
                         f"'{recipe['base_model']['path']}' has none; set base_model.chat_template to a .jinja file")
 
 
+def plain_config(config_cls, recipe: dict, stage: dict, data: dict, stage_dir: Path):
+    """A TRL config from the stage's `train:` block and our defaults alone (reward, DPO, KTO, distill)."""
+    return build_config(config_cls, stage, recipe["seed"], stage_dir, data["eval"] is not None)
+
+
 def prepare_pairs(recipe: dict, stage: dict, init: dict, stage_dir: Path, config_cls, log) -> tuple:
     """What reward and DPO stages share: tokenizer, preference pairs, the TRL config and the pair audit."""
     from finetune import audit
@@ -173,7 +178,7 @@ def prepare_pairs(recipe: dict, stage: dict, init: dict, stage_dir: Path, config
     for name, src in data["report"]["sources"].items():
         log(f"data {name}: {src['kept']} of {src['rows']} pairs kept" + (
             f" (dropped {src['dropped']})" if src["dropped"] else ""))
-    args = build_config(config_cls, stage, recipe["seed"], stage_dir, data["eval"] is not None)
+    args = plain_config(config_cls, recipe, stage, data, stage_dir)
     pair_audit = audit.preference_audit(data["train"], tokenizer, data["kind"], args.max_length, stage["audit"])
     log(f"label audit: {pair_audit['pairs']} pairs, answers truncated in {pair_audit['pairs_answer_truncated']}")
     return tokenizer, data, args, pair_audit

@@ -17,13 +17,19 @@ from finetune.data import stage_data
 from finetune.stages import common
 
 
+def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | None = None):
+    """The stage's DistillationConfig (what `run` trains with); UserError for settings TRL rejects."""
+    from trl import DistillationConfig
+
+    return common.plain_config(DistillationConfig, recipe, stage, data, stage_dir)
+
 def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
     """Train one distill stage; returns what the manifest records, with the teacher's folder and size.
 
     Raises UserError for bad prompt data, a teacher that cannot be loaded, or settings TRL rejects (a
     vocabulary the student does not share, an adapter on `lm_head`, prompt learning).
     """
-    from trl import DistillationConfig, DistillationTrainer
+    from trl import DistillationTrainer
 
     from finetune.artifacts import full_model_dir
 
@@ -32,7 +38,7 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     common.require_chat_template(tokenizer, data, recipe, stage)
     for name, src in data["report"]["sources"].items():
         log(f"data {name}: {src['kept']} prompts")
-    args = common.build_config(DistillationConfig, stage, recipe["seed"], stage_dir, data["eval"] is not None)
+    args = config(recipe, stage, data, stage_dir, init)
     student, source = common.load_policy(recipe, stage, init, args.gradient_checkpointing)
     teacher_dir = full_model_dir(init["teacher"], recipe["base_model"])
     teacher = modeling.load_base_model(recipe["base_model"], None, path=str(teacher_dir)).eval()

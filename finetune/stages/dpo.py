@@ -11,6 +11,12 @@ from pathlib import Path
 from finetune.stages import common
 
 
+def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | None = None):
+    """The stage's DPOConfig (what `run` trains with); UserError for settings TRL rejects."""
+    from trl import DPOConfig
+
+    return common.plain_config(DPOConfig, recipe, stage, data, stage_dir)
+
 def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
     from trl import DPOConfig, DPOTrainer
 

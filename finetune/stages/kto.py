@@ -14,6 +14,12 @@ from finetune.data import stage_data
 from finetune.stages import common
 
 
+def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | None = None):
+    """The stage's KTOConfig (what `run` trains with); UserError for settings TRL rejects."""
+    from trl import KTOConfig
+
+    return common.plain_config(KTOConfig, recipe, stage, data, stage_dir)
+
 def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
     """Train one KTO stage; returns what the manifest records (artifact, data, label audit, metrics).
 
@@ -21,7 +27,7 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     answers truncated beyond audit.max_truncated_share) or settings TRL rejects (a per-device batch of 1:
     KTO estimates its KL term from the other rows of the batch).
     """
-    from trl import KTOConfig, KTOTrainer
+    from trl import KTOTrainer
 
     tokenizer = common.stage_tokenizer(recipe, init)
     data = stage_data(recipe, stage, "unpaired")
@@ -30,7 +36,7 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
         dropped = ", ".join(f"{n} {r}" for r, n in src["dropped"].items())
         log(f"data {name}: {src['rows']} source rows -> {src['kept']} labelled completions"
             + (f", dropped {dropped}" if dropped else ""))
-    args = common.build_config(KTOConfig, stage, recipe["seed"], stage_dir, data["eval"] is not None)
+    args = config(recipe, stage, data, stage_dir, init)
     label_audit = audit.unpaired_audit(data["train"], tokenizer, data["kind"], args.max_length, stage["audit"])
     log(f"label audit: {label_audit['desirable']} desirable and {label_audit['undesirable']} undesirable rows, "
         f"completions truncated in {label_audit['rows_answer_truncated']}")

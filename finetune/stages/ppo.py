@@ -30,8 +30,18 @@ def tokenize_prompts(prompts, tokenizer, kind: str):
     return prompts.map(encode, remove_columns=prompts.column_names, desc="Tokenising prompts")
 
 
+def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | None = None):
+    """The stage's PPOConfig; before the earlier stages exist (init None) the model paths are the base's.
+    Raises UserError for settings TRL rejects."""
+    from trl.experimental.ppo import PPOConfig
+
+    start = common.start_dir(recipe, init) if init else recipe["base_model"]["path"]
+    return common.build_config(PPOConfig, stage, recipe["seed"], stage_dir, False, defaults=PPO_DEFAULTS,
+                               sft_model_path=start, reward_model_path=(init or {}).get("reward_model") or start)
+
+
 def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
+    from trl.experimental.ppo import PPOTrainer
 
     from finetune.modeling import load_reward_model
 
@@ -44,8 +54,7 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     evald = tokenize_prompts(data["eval"], tokenizer, data["kind"]) if data["eval"] is not None else train.select(
         range(min(8, len(train))))
     reward_dir = init["reward_model"]
-    args = common.build_config(PPOConfig, stage, recipe["seed"], stage_dir, False, defaults=PPO_DEFAULTS,
-                               sft_model_path=common.start_dir(recipe, init), reward_model_path=reward_dir)
+    args = config(recipe, stage, data, stage_dir, init)
     policy, source = common.load_policy(recipe, stage, init, args.gradient_checkpointing)
     reward_model, _ = load_reward_model(reward_dir, recipe["base_model"], tokenizer)
     value_model, _ = load_reward_model(reward_dir, recipe["base_model"], tokenizer)

@@ -55,6 +55,13 @@ def _match_head_dtype(model) -> None:
             param.data = param.data.to(hidden_dtype)
 
 
+
+def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | None = None):
+    """The stage's RewardConfig (what `run` trains with); UserError for settings TRL rejects."""
+    from trl import RewardConfig
+
+    return common.plain_config(RewardConfig, recipe, stage, data, stage_dir)
+
 def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
     from trl import RewardConfig, RewardTrainer
 

@@ -16,22 +16,31 @@ from finetune.stages import common
 ONLINE_DEFAULTS = {"max_completion_length": 32, "num_generations": 4, "log_completions": False}
 
 
+def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | None = None):
+    """The stage's RLOOConfig or GRPOConfig. Raises UserError for settings TRL rejects, or for verifiable
+    rewards (squad_f1, ...) on prompt data without the `answers` column they score against."""
+    import trl
+
+    weights = stage["rewards"] or {"reward_model": 1.0}
+    if set(weights) & rewards.NEEDS_ANSWERS and "answers" not in data["train"].column_names:
+        raise UserError(f"stage {stage['name']}: rewards {sorted(set(weights) & rewards.NEEDS_ANSWERS)} score "
+                        f"against gold answers: the prompt data needs an `answers` column (a list of texts)")
+    config_cls = trl.RLOOConfig if stage["kind"] == "rloo" else trl.GRPOConfig
+    return common.build_config(config_cls, stage, recipe["seed"], stage_dir, data["eval"] is not None,
+                               defaults=ONLINE_DEFAULTS)
+
+
 def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
     import trl
 
     from finetune.modeling import load_reward_model
 
-    config_cls, trainer_cls = ((trl.RLOOConfig, trl.RLOOTrainer) if stage["kind"] == "rloo"
-                               else (trl.GRPOConfig, trl.GRPOTrainer))
+    trainer_cls = trl.RLOOTrainer if stage["kind"] == "rloo" else trl.GRPOTrainer
     tokenizer = common.stage_tokenizer(recipe, init)
     data = stage_data(recipe, stage, "prompts")
     common.require_chat_template(tokenizer, data, recipe, stage)
-    args = common.build_config(config_cls, stage, recipe["seed"], stage_dir, data["eval"] is not None,
-                               defaults=ONLINE_DEFAULTS)
+    args = config(recipe, stage, data, stage_dir, init)
     weights = stage["rewards"] or {"reward_model": 1.0}
-    if set(weights) & rewards.NEEDS_ANSWERS and "answers" not in data["train"].column_names:
-        raise UserError(f"stage {stage['name']}: rewards {sorted(set(weights) & rewards.NEEDS_ANSWERS)} score "
-                        f"against gold answers: the prompt data needs an `answers` column (a list of texts)")
     policy, source = common.load_policy(recipe, stage, init, args.gradient_checkpointing)
     funcs, processing = [], []
     for name in weights:

@@ -42,6 +42,15 @@ def _explain(error: Exception, stage: dict) -> str | None:
     return None
 
 
+def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | None = None):
+    """The stage's SFTConfig: its `train:` block, our defaults, and the loss flags its data kind gets.
+    Raises UserError for a `loss:` that does not fit the data or settings TRL rejects."""
+    from trl import SFTConfig
+
+    return common.build_config(SFTConfig, stage, recipe["seed"], stage_dir, data["eval"] is not None,
+                               **loss_flags(data["kind"], stage["loss"], stage["name"]))
+
+
 def build(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
     """Everything up to the first step: tokenizer, data, checked chat templates, model, the TRL trainer.
 
@@ -50,7 +59,7 @@ def build(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> 
     training template that renders differently from the served one, or a chat turn the template leaves out.
     Side effect: none on the tokenizer, which keeps (and is saved with) the template the model is served with.
     """
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     for owned in ("assistant_only_loss", "completion_only_loss"):
         if owned in stage["train"]:
@@ -61,8 +70,7 @@ def build(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> 
         dropped = ", ".join(f"{n} {r}" for r, n in src["dropped"].items())
         log(f"data {name}: {src['rows']} rows, format {src['format']}" + (f", dropped {dropped}" if dropped else ""))
     common.require_chat_template(tokenizer, data, recipe, stage)
-    args = common.build_config(SFTConfig, stage, recipe["seed"], stage_dir, data["eval"] is not None,
-                               **loss_flags(data["kind"], stage["loss"], stage["name"]))
+    args = config(recipe, stage, data, stage_dir, init)
     source = common.start_dir(recipe, init)
     model = modeling.load_base_model(recipe["base_model"], stage["quantization"], path=source)
     model = modeling.prepare_trainable(model, stage["peft"], stage["quantization"], args.gradient_checkpointing)
