@@ -338,9 +338,12 @@ def _check_distill(stage: dict, key: str, file: str) -> None:
     if not stage["teacher"]:
         raise UserError(f"{file}: {key}.teacher: a distill stage needs a teacher (an earlier stage's name or a "
                         f"model folder)")
-    if stage["student"] is not None and not Path(stage["student"]).expanduser().exists():
-        raise UserError(f"{file}: {key}.student: model folder (or .gguf file) '{stage['student']}' not found "
-                        f"(relative paths are from the working directory)")
+    student = stage["student"]
+    if student is not None and student.endswith(".gguf") and not Path(student).expanduser().is_file():
+        raise UserError(f"{file}: {key}.student: GGUF file '{student}' not found (relative paths are from the "
+                        f"working directory)")
+    if student is not None:  # a folder, or a hub id (fetched like base_model.path)
+        _check_local_path(student, f"{key}.student", file, "model")
 
 
 def _vocab_size(path: str) -> int | None:

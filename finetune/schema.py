@@ -126,8 +126,8 @@ STAGE = Section({
     "reward_model": Key((str,), None, "reward stage scoring ppo/rloo/grpo rollouts; default: the latest earlier one"),
     "teacher": Key((str,), None, "distill: the teacher, an earlier policy stage's name or a model folder "
                                  "(or .gguf file); it must share the student's vocabulary"),
-    "student": Key((str,), None, "distill: a model folder (or .gguf file) the student starts from instead of "
-                                 "`from`, e.g. a smaller model with the same tokenizer"),
+    "student": Key((str,), None, "distill: a model folder, hub id or .gguf file the student starts from instead "
+                                 "of `from`, e.g. a smaller model with the same tokenizer"),
     "rewards": MapOf(Key((int, float)), "grpo/rloo: reward functions and their weights: squad_f1, squad_em, "
                      "length_penalty (need an `answers` column), reward_model; default {reward_model: 1}"),
     "eval_split": Key((int, float), 0, "held-out rows: a fraction (<1) or a count (>=1); 0 = none"),

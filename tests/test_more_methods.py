@@ -189,8 +189,10 @@ def test_a_soft_prompt_teacher_a_missing_student_and_reserved_names_fail_validat
     recipe["data"]["few"] = recipe["data"]["chat"]
     code, err = validate(capsys, write_recipe, recipe)
     assert code == 2 and "stages[2].teacher: 'soft' trained a soft prompt (prompt_tuning)" in err, err
-    code, err = validate(capsys, write_recipe, with_stages(tiny_llama, distill_stage(student="models/nope")))
-    assert code == 2 and "stages[1].student: model folder (or .gguf file) 'models/nope' not found" in err, err
+    code, err = validate(capsys, write_recipe, with_stages(tiny_llama, distill_stage(student="models/nope.gguf")))
+    assert code == 2 and "stages[1].student: GGUF file 'models/nope.gguf' not found" in err, err
+    code, err = validate(capsys, write_recipe, with_stages(tiny_llama, distill_stage(student="./models/nope")))
+    assert code == 2 and "stages[1].student: model './models/nope' not found" in err, err
     for name in ("base", "distill-start"):
         code, err = validate(capsys, write_recipe, with_stages(tiny_llama, distill_stage(name=name)))
         assert code == 2 and f"'{name}' is reserved for evaluation labels" in err, err
