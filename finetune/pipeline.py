@@ -142,8 +142,8 @@ def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = N
             _stage_runner(stage["kind"])  # raises the clear error before any training
     mf.claim_run_dir(run_dir, recipe["name"], write=_is_main_process())  # someone else's folder: refused first
     _state().wait_for_everyone()
-    preflight(recipe if not only else {**recipe, "stages": [s for s in recipe["stages"] if s["name"] == only]})
-    with runlock.hold(run_dir, log) if _is_main_process() else contextlib.nullcontext():
+    with runlock.hold(run_dir, log) if _is_main_process() else contextlib.nullcontext():  # then a second run
+        preflight(recipe if not only else {**recipe, "stages": [s for s in recipe["stages"] if s["name"] == only]})
         return _run_stages(recipe, run_dir, only, force)
 
 
