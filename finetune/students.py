@@ -38,6 +38,8 @@ def shrink(teacher: str | Path, out: str | Path, layers: int) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = Path(out)
+    if not Path(teacher).is_dir():
+        raise UserError(f"{teacher}: no such model folder (a student is cut from a local teacher folder)")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out}: output folder is not empty; choose another (nothing was written)")
     try:

@@ -132,6 +132,8 @@ def build_tiny(out_dir: str | Path, arch: str = "llama", corpus: Iterable[str] =
     if tokenizer:
         from transformers import AutoTokenizer
 
+        if not Path(tokenizer).is_dir():
+            raise UserError(f"--tokenizer {tokenizer}: no such model folder")
         try:
             source, tokenizer = tokenizer, AutoTokenizer.from_pretrained(tokenizer)
         except (OSError, ValueError) as e:
