@@ -116,7 +116,8 @@ def cmd_eval(args) -> int:
     for label, model_dir, manifest in found:
         model, tokenizer = load_for_eval(model_dir, manifest)
         loaded.append((label, model, tokenizer))
-    results = evaluate_models(loaded, args.task, out_root, args.batch_size, args.limit, args.max_new_tokens, log)
+    results = evaluate_models(loaded, args.task, out_root, args.batch_size, args.limit, args.max_new_tokens, log,
+                              args.dtype)
     print(write_summary(results, out_root, args.task, args.limit), end="")
     print(f"outputs in {out_root}", file=sys.stderr)
     return 0
@@ -131,6 +132,8 @@ def add_eval_parser(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16)
     p.add_argument("--limit", type=positive_int, help="score at most this many questions per task")
     p.add_argument("--max-new-tokens", type=positive_int, help="override the task's max_new_tokens")
+    p.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="generation dtype (default auto: bfloat16 where the CPU runs it natively, else as loaded)")
     p.set_defaults(func=cmd_eval)
 
 

@@ -52,15 +52,26 @@ def load_for_eval(model_dir: Path, manifest: dict | None, base_model: dict | Non
 
 def evaluate_models(models: list[tuple[str, object, object]], tasks: list[str], out_root: Path,
                     batch_size: int = 16, limit: int | None = None, max_new_tokens: int | None = None,
-                    log=print) -> dict[str, dict[str, dict]]:
-    """Score each (label, model, tokenizer) on each task; write per-task outputs and the comparison table."""
+                    log=print, dtype: str = "auto") -> dict[str, dict[str, dict]]:
+    """Score each (label, model, tokenizer) on each task; write per-task outputs and the comparison table.
+
+    `dtype` ("auto", "float32", "bfloat16"; `precision.generation_dtype`) is what each model is cast to, in
+    place, before it generates; each result records it as `generation_dtype` (and the request's resolution as
+    `dtype_choice`).
+    """
+    from finetune import precision
+
     specs = [load_task(t) for t in tasks]
+    want, why = precision.generation_dtype(dtype, precision.detect())
     results: dict[str, dict[str, dict]] = {}
     for label, model, tokenizer in models:
         results[label] = {}
+        actual = precision.cast_for_generation(model, want)
+        log(f"eval {label}: generating in {actual} ({why})")
         for task in specs:
             r = evaluate_task(model, tokenizer, task, out_root / label / task["name"], batch_size, limit,
                               max_new_tokens)
+            r.update(generation_dtype=actual, dtype_choice=want or "as loaded")
             results[label][task["name"]] = r
             log(f"eval {label} / {task['name']}: EM {r['exact']:.1f}  F1 {r['f1']:.1f}  ({r['total']} questions)")
     return results

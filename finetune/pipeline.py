@@ -252,6 +252,9 @@ def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
         if m["kind"] == "distill" and m["init"].get("student"):
             plan.insert(plan.index((name, Path(m["artifact"]["model"]), m)),
                         (start_label(name), Path(m["init"]["student"]["path"]), None))
+    from finetune import precision
+
+    choice = precision.generation_dtype(cfg["dtype"], precision.detect())[0] or "as loaded"
     table: dict[str, dict[str, dict]] = {}
     for label, model_dir, manifest in plan:
         identity = manifest["inputs_fingerprint"] if manifest else mf.inputs_fingerprint(base=recipe["base_model"])
@@ -259,7 +262,7 @@ def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
             identity = mf.inputs_fingerprint(student=_folder_identity(str(model_dir)), base=recipe["base_model"])
         cached = {t["name"]: mf.read_json(out_root / label / t["name"] / "results.json") for t in tasks}
         if all(c and c.get("model_fingerprint") == identity and c.get("task_sha256") == t["sha256"]
-               for t, c in zip(tasks, cached.values(), strict=True)):
+               and c.get("dtype_choice") == choice for t, c in zip(tasks, cached.values(), strict=True)):
             table[label] = cached
             log(f"eval {label}: results up to date, skipped")
             continue
@@ -271,7 +274,7 @@ def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
         else:
             model, tokenizer = load_for_eval(model_dir, manifest, recipe["base_model"])
         scored = evaluate_models([(label, model, tokenizer)], cfg["tasks"], out_root, cfg["batch_size"],
-                                 cfg["limit"], cfg["max_new_tokens"], log)[label]
+                                 cfg["limit"], cfg["max_new_tokens"], log, cfg["dtype"])[label]
         for name, r in scored.items():
             r["model_fingerprint"] = identity
             mf.write_json_atomic(out_root / label / name / "results.json", r)

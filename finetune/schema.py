@@ -157,6 +157,8 @@ EVAL = Section({
     "batch_size": Key((int,), 16, "generation batch size", minimum=1),
     "limit": Key((int,), None, "evaluate at most this many questions per task", minimum=1),
     "max_new_tokens": Key((int,), None, "override every task's max_new_tokens", minimum=1),
+    "dtype": Key((str,), "auto", "generation dtype: auto = bfloat16 where the CPU runs it natively, else as loaded",
+                 ("auto", "float32", "bfloat16")),
 })
 
 RECIPE = Section({

@@ -17,7 +17,7 @@ PACKAGE = REPO / "finetune"
 # Lowest first. A new module must be placed here, which is the point: its layer is a decision.
 LAYERS = [
     ("leaves", {"finetune", "errors", "schema", "squad", "ranks", "stats", "manifest", "userfiles", "trl_fields",
-                "kernel_paths", "packing", "runlock", "stages", "bench"}),
+                "kernel_paths", "packing", "runlock", "stages", "bench", "precision"}),
     ("data and models", {"data", "preference", "pii", "tiny", "realmodels", "gguf_models", "modeling",
                          "chat_templates", "rewards", "audit", "students"}),
     ("evaluation and artifacts", {"evaluation", "overlap", "published", "score", "review", "artifacts",

@@ -54,13 +54,28 @@ def test_tiny_pipeline_end_to_end_then_rerun_trains_nothing(tiny_llama, tmp_path
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Paired comparisons between stages" in report and "## Clean vs overlapping questions" in report
     stamps = {s: (tmp_path / "run" / s / "manifest.json").stat().st_mtime_ns for s in STAGES[name]}
-    capsys.readouterr()
+    check_precision(tmp_path / "run", STAGES[name], capsys.readouterr().err)
     again = run_recipe(load_recipe(f"recipes/tiny/{name}.yaml", overrides), output_dir=out_dir)
     err = capsys.readouterr().err
     assert all(f"{s}: done with unchanged inputs, skipped" in err for s in STAGES[name])
     assert "results up to date, skipped" in err and "resuming" not in err
     assert {s: (tmp_path / "run" / s / "manifest.json").stat().st_mtime_ns for s in STAGES[name]} == stamps
     assert again == results
+
+
+def check_precision(run_dir, stages, err):
+    """Each stage computed in what this machine's hardware calls for (bf16 autocast where native, else fp32),
+    said so on one log line and recorded it; evaluation generated in bf16 where native."""
+    from finetune import precision
+
+    hw = precision.detect()
+    want = "bf16 autocast" if hw.cpu_bf16 else "fp32"
+    for stage in stages:
+        recorded = json.loads((run_dir / stage / "manifest.json").read_text())["precision"]
+        assert recorded == {"compute": want, "bf16": hw.cpu_bf16, "fp16": False, "reason": hw.cpu_reason}
+    assert err.count(f"precision: {want} ({hw.cpu_reason})") == len(stages), err
+    result = json.loads((run_dir / "eval" / stages[-1] / "capitals_open_chat" / "results.json").read_text())
+    assert result["generation_dtype"] == ("bfloat16" if hw.cpu_bf16 else "float32")
 
 
 def check_report(run_dir, stages):

@@ -453,7 +453,8 @@ def test_section_defaults_when_present_but_empty(tmp_path):
                          "modules_to_save": None, "num_virtual_tokens": None, "init_text": None,
                          "encoder_hidden_size": None}
     assert s["quantization"] == {"bits": 4, "quant_type": "nf4", "double_quant": True, "compute_dtype": "bfloat16"}
-    assert r["eval"] == {"tasks": [], "base": True, "batch_size": 16, "limit": None, "max_new_tokens": None}
+    assert r["eval"] == {"tasks": [], "base": True, "batch_size": 16, "limit": None, "max_new_tokens": None,
+                         "dtype": "auto"}
 
 
 def test_explicit_name_and_output_dir_win(tmp_path):

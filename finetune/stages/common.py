@@ -8,19 +8,20 @@ from finetune import modeling
 from finetune.errors import UserError, first_line
 from finetune.manifest import last_checkpoint, sha256_text
 
-RECORDED_ARGS = ("bf16", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+RECORDED_ARGS = ("bf16", "fp16", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                  "gradient_accumulation_steps", "max_length", "packing", "beta", "loss_type", "kl_coef",
                  "response_length", "num_ppo_epochs", "num_generations", "total_episodes")
 
 
 def toolkit_defaults(train: dict, has_eval: bool) -> dict:
-    """Defaults we choose where TRL's would surprise: no bf16 without a GPU, no external loggers."""
-    import torch
+    """Defaults we choose where TRL's would surprise: bf16 only where the hardware runs it natively
+    (`precision.training`; TRL defaults to bf16=True, which CPUs without AVX512-BF16/AMX emulate slowly),
+    no external loggers."""
+    from finetune import precision
 
-    defaults: dict = {"report_to": "none", "save_total_limit": 2}
-    if not torch.cuda.is_available():
-        if "bf16" not in train and "fp16" not in train:
-            defaults["bf16"] = False  # TRL defaults to bf16=True, which emulates slowly on CPU
+    chosen = precision.training(train, precision.detect())
+    defaults: dict = {"report_to": "none", "save_total_limit": 2, "bf16": chosen.bf16, "fp16": chosen.fp16}
+    if not precision.detect().cuda:
         defaults["dataloader_pin_memory"] = False
         # transformers rebuilds the process state from this flag: without it, ranks launched by
         # `accelerate launch --multi_gpu` on a CPU machine would each train alone instead of as one gloo job.
@@ -101,7 +102,12 @@ def stage_tokenizer(recipe: dict, init: dict):
 
 
 def train(trainer, stage_dir: Path, log, resumable: bool = True):
-    """Train, resuming from the newest complete checkpoint of an interrupted run when the trainer can."""
+    """Train, resuming from the newest complete checkpoint of an interrupted run when the trainer can.
+    Logs the precision it computes in first (`precision: bf16 autocast (...)`)."""
+    from finetune import precision
+
+    chosen = precision.of_args(trainer.args, precision.detect())
+    log(f"precision: {chosen.name} ({chosen.reason})")
     resume = last_checkpoint(stage_dir / "checkpoints")
     if resume and resumable:
         log(f"resuming from {resume.name}")
@@ -142,6 +148,8 @@ def train_against_reference(trainer_cls, recipe: dict, stage: dict, init: dict, 
 def record(trainer, result, args, stage: dict, data: dict, tokenizer, model_dir: Path, base: str,
            adapter: bool, **extra) -> dict:
     """What the manifest records about a finished training stage."""
+    from finetune import precision
+
     return {
         "artifact": {"model": str(model_dir), "adapter": adapter, "base": base,
                      "quantization": stage["quantization"]},
@@ -151,6 +159,7 @@ def record(trainer, result, args, stage: dict, data: dict, tokenizer, model_dir:
         "log_history": trainer.state.log_history,
         "training_args": {k: v for k, v in args.to_dict().items() if k in stage["train"] or k in RECORDED_ARGS},
         "chat_template_sha256": sha256_text(tokenizer.chat_template),
+        "precision": precision.of_args(args, precision.detect()).record(),
         **extra,
     }
 
