@@ -368,9 +368,7 @@ def evaluate_task(model, tokenizer, task: dict, out_dir: Path | None, batch_size
     generations = generate(model, tokenizer, prompts, max_new_tokens or task["max_new_tokens"], batch_size,
                            task["chat_template"], stop=task["stop"])
     seconds = time.time() - started
-    extracted = {r["id"]: extract_answer(g, task) for r, g in zip(rows, generations, strict=True)}
-    predictions = {i: a if a is not None else "" for i, a in extracted.items()}
-    dataset = _official_layout(rows)
+    extracted, predictions, dataset = _extract(task, rows, generations)
     if task["metric"] == "squad_v1":
         scores = squad.evaluate_v1(dataset, predictions)
         result = {"exact": scores["exact_match"], "f1": scores["f1"], "total": len(rows)}
@@ -393,6 +391,26 @@ def evaluate_task(model, tokenizer, task: dict, out_dir: Path | None, batch_size
                                     "em": q["em"], "f1": q["f1"]}, ensure_ascii=False) + "\n")
         (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _extract(task: dict, rows: list[dict], generations: list[str]) -> tuple[dict, dict, list]:
+    """(question id -> extracted answer or None, question id -> scored prediction, official SQuAD layout)."""
+    extracted = {r["id"]: extract_answer(g, task) for r, g in zip(rows, generations, strict=True)}
+    predictions = {i: a if a is not None else "" for i, a in extracted.items()}
+    return extracted, predictions, _official_layout(rows)
+
+
+def answer_questions(model, tokenizer, task: dict, rows: list[dict], batch_size: int = 16) -> list[dict]:
+    """Answer `rows` of `task` greedily, quietly, and score each: [{id, answer, extracted, em, f1}] in row
+    order (em/f1 in 0-1, `answer` "" where nothing was extractable). For scoring a model while it trains
+    (finetune.watch); side effect: tokenizer.padding_side = "left"."""
+    prompts = build_prompts(task, rows, tokenizer)
+    generations = generate(model, tokenizer, prompts, task["max_new_tokens"], batch_size, task["chat_template"],
+                           progress=False, stop=task["stop"])
+    extracted, predictions, dataset = _extract(task, rows, generations)
+    per_q = {q["id"]: q for q in squad.per_question_scores(task["metric"], dataset, predictions)}
+    return [{"id": r["id"], "answer": predictions[r["id"]], "extracted": extracted[r["id"]] is not None,
+             "em": per_q[r["id"]]["em"], "f1": per_q[r["id"]]["f1"]} for r in rows]
 
 
 def _cell(r: dict, key: str) -> str:

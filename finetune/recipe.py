@@ -273,6 +273,7 @@ def validate(raw: dict, file: str) -> dict:
         _check_rewards(stage, key, file)
         _check_peft(stage, key, file)
         _check_distill(stage, key, file)
+        _check_watch(stage, recipe["eval"], key, file)
     _resolve_stage_links(recipe["stages"], file, bm["path"])
     if recipe["eval"]:
         from finetune.evaluation import check_task
@@ -287,6 +288,41 @@ def validate(raw: dict, file: str) -> dict:
             except UserError as e:
                 raise UserError(f"{file}: eval.tasks[{j}]: {e}") from None
     return recipe
+
+
+def _check_watch(stage: dict, eval_cfg: dict | None, key: str, file: str) -> None:
+    """`watch:` on policy stages only, a task that loads, sane alarm limits, and no checkpoint selection on a
+    task the final evaluation also scores (that would pick the weights on the test questions)."""
+    watch = stage["watch"]
+    if not watch:
+        return
+    if stage["kind"] not in schema.POLICY_KINDS:
+        raise UserError(f"{file}: {key}.watch: a {stage['kind']} stage does not answer questions; watch a policy "
+                        f"stage ({', '.join(schema.POLICY_KINDS)})")
+    from finetune.evaluation import check_task
+
+    try:
+        task = check_task(watch["task"])
+    except UserError as e:
+        raise UserError(f"{file}: {key}.watch.task: {e}") from None
+    for option, top in (("length_drift", None), ("unextractable", 1)):
+        value = watch[option]
+        if not math.isfinite(value) or value <= 0 or (top is not None and value > top):
+            raise UserError(f"{file}: {key}.watch.{option}: use a share above 0"
+                            + (" and at most 1" if top else "") + f", got {value!r}")
+    if watch["select_best"] and eval_cfg:
+        from finetune.evaluation import load_task
+
+        names = set()
+        for spec in eval_cfg["tasks"]:
+            try:
+                names.add(load_task(spec)["name"])
+            except UserError:
+                pass  # a bad eval task is reported by the eval.tasks check
+        if task["name"] in names:
+            raise UserError(f"{file}: {key}.watch.select_best: '{task['name']}' is also in eval.tasks; choosing "
+                            f"weights by it would pick them on the test questions. Watch another task (or "
+                            f"another split), or drop select_best")
 
 
 def _check_rewards(stage: dict, key: str, file: str) -> None:

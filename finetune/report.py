@@ -116,6 +116,10 @@ def write_report(run_dir: Path, recipe: dict, manifests: dict[str, dict]) -> Pat
                          f"({m['teacher']['parameters'] / m['student_parameters']:.1f}x the student's parameters)")
         if audit.get("pairs_answer_truncated"):
             notes.append(f"answers truncated in {audit['pairs_answer_truncated']} of {audit['pairs']} pairs")
+        watched = (m.get("watch") or {}).get("points") or []
+        if watched:
+            notes.append(f"watched F1 {watched[0]['watch/f1']:.1f} → {watched[-1]['watch/f1']:.1f}"
+                         + (f", {len(m['watch']['alarms'])} alarm(s)" if m["watch"]["alarms"] else ""))
         peak = (m.get("memory") or {}).get("peak_rss_mb")
         lines.append(f"| {name} | {m['kind']} | {m['init']['stage'] or 'base'} | {m['data']['train_rows']} | "
                      f"{m['parameters']['trainable']:,} | {m['timings']['seconds']} | "
@@ -130,6 +134,8 @@ def write_report(run_dir: Path, recipe: dict, manifests: dict[str, dict]) -> Pat
         if _plot_lines(figs / f"{name}.png", f"{name} ({m['kind']})", curves, "value"):
             lines += [f"## {name}: {', '.join(label for label, xs, _ in curves if xs)}", "",
                       f"![{name}](report/{name}.png)", ""]
+    for name, m in manifests.items():
+        lines += _watch_section(figs, name, m.get("watch"))
     results = read_json(run_dir / "eval" / "results.json")
     if results:
         if _plot_eval(figs / "eval.png", results):
@@ -148,6 +154,31 @@ def write_report(run_dir: Path, recipe: dict, manifests: dict[str, dict]) -> Pat
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _watch_section(figs: Path, name: str, watch: dict | None) -> list[str]:
+    """The task metric during a stage (finetune.watch): held-out F1/EM and reward, KL, answer length against
+    the step, and its alarms. [] for a stage without `watch:`."""
+    if not watch or not watch.get("points"):
+        return []
+    points = watch["points"]
+    steps = [p["step"] for p in points]
+    scores = [("held-out F1", steps, [p["watch/f1"] for p in points]),
+              ("held-out EM", steps, [p["watch/exact"] for p in points])]
+    others = [(label, [p["step"] for p in points if p.get(key) is not None],
+               [p[key] for p in points if p.get(key) is not None])
+              for key, label in (("reward", "reward"), ("kl", "KL"), ("watch/mean_words", "answer words"))]
+    lines = [f"## {name}: the task metric during training ({watch['task']}, {watch['questions']} questions, "
+             f"every {watch['every']} steps)", ""]
+    if _plot_lines(figs / f"{name}-watch.png", f"{name}: held-out {watch['task']}", scores, "score (%)"):
+        lines += [f"![{name} held-out score](report/{name}-watch.png)", ""]
+    if _plot_lines(figs / f"{name}-watch-signals.png", f"{name}: reward, KL, answer length", others, "value"):
+        lines += [f"![{name} reward, KL, length](report/{name}-watch-signals.png)", ""]
+    if watch.get("selected_step") is not None:
+        lines += [f"Kept the weights of step {watch['selected_step']} (best watched {watch['select_best']}).", ""]
+    lines += [f"- **alarm** at step {a['step']}: {a['alarm']}: {a['message']}" for a in watch["alarms"]] or [
+        "No alarms: the reward did not rise while held-out F1 fell, lengths held, answers stayed extractable."]
+    return [*lines, ""]
 
 
 def _short(text, width: int = 60) -> str:

@@ -115,6 +115,21 @@ AUDIT = Section({
     "require_eos": Key((bool,), True, "error when the end-of-turn/EOS token is never supervised"),
 }, "the label audit before training (what is supervised, what truncation cuts)")
 
+WATCH = Section({
+    "task": Key((str,), REQUIRED, "eval task scored while training (a name under eval/tasks/ or a .yaml path)"),
+    "questions": Key((int,), 32, "how many of its questions (the first N)", minimum=1),
+    "every": Key((int,), 10, "score every this many optimizer steps, and before the first and after the last",
+                 minimum=1),
+    "select_best": Key((str,), None, "keep the weights with the best watched score instead of the last "
+                                     "(the task must not be one of eval.tasks)", ("f1", "exact")),
+    "length_drift": Key((int, float), 0.5, "alarm when the mean answer length (words) moves by more than this "
+                                           "share of its start"),
+    "unextractable": Key((int, float), 0.2, "alarm when more than this share of answers cannot be extracted "
+                                            "(and more than at the start)"),
+    "stop_on_alarm": Key((bool,), False, "stop training at the first alarm (the model so far is kept)"),
+}, "ppo/dpo/rloo/grpo/kto: EM/F1 on held-out questions during training, beside reward, KL and length; "
+   "alarms when reward rises while F1 falls, lengths drift or answers stop being extractable", default=None)
+
 STAGE = Section({
     "name": Key((str,), None, "stage name, used for its run folder; defaults to the kind"),
     "kind": Key((str,), REQUIRED, "what the stage trains", STAGE_KINDS),
@@ -130,6 +145,7 @@ STAGE = Section({
                                  "of `from`, e.g. a smaller model with the same tokenizer"),
     "rewards": MapOf(Key((int, float)), "grpo/rloo: reward functions and their weights: squad_f1, squad_em, "
                      "length_penalty (need an `answers` column), reward_model; default {reward_model: 1}"),
+    "watch": WATCH,
     "eval_split": Key((int, float), 0, "held-out rows: a fraction (<1) or a count (>=1); 0 = none"),
     "max_rows": Key((int,), None, "total training rows of the mixture (default: sum of the sources)", minimum=1),
     "loss": Key((str,), "auto",

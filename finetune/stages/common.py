@@ -57,7 +57,7 @@ def build_trainer(trainer_cls, stage: dict, explain=None, **kwargs):
     sizes that do not divide, ...). `explain(error)` may return a more specific message.
     """
     try:
-        return trainer_cls(**kwargs)
+        trainer = trainer_cls(**kwargs)
     except (ValueError, TypeError, AssertionError, RuntimeError) as e:
         specific = explain(e) if explain else None
         if specific is None and isinstance(e, RuntimeError):
@@ -65,6 +65,12 @@ def build_trainer(trainer_cls, stage: dict, explain=None, **kwargs):
         msg = first_line(e)
         raise UserError(specific or f"stage {stage['name']}: {trainer_cls.__name__} rejected the settings: {msg}") \
             from None
+    if stage.get("watch"):  # the task metric during training (finetune.watch)
+        from finetune.watch import TaskMetricCallback
+
+        trainer.add_callback(TaskMetricCallback(stage["watch"], stage["name"], kwargs["processing_class"])
+                             .bind(trainer))
+    return trainer
 
 
 def start_dir(recipe: dict, init: dict) -> str:
@@ -103,18 +109,23 @@ def stage_tokenizer(recipe: dict, init: dict):
 
 def train(trainer, stage_dir: Path, log, resumable: bool = True):
     """Train, resuming from the newest complete checkpoint of an interrupted run when the trainer can.
-    Logs the precision it computes in first (`precision: bf16 autocast (...)`)."""
-    from finetune import precision
+    Logs the precision it computes in first (`precision: bf16 autocast (...)`). With `watch.select_best`, the
+    best watched weights are put back into the model before it returns (finetune.watch)."""
+    from finetune import precision, watch
 
     chosen = precision.of_args(trainer.args, precision.detect())
     log(f"precision: {chosen.name} ({chosen.reason})")
     resume = last_checkpoint(stage_dir / "checkpoints")
     if resume and resumable:
         log(f"resuming from {resume.name}")
-        return trainer.train(resume_from_checkpoint=str(resume))
-    if resume:
+    elif resume:
         log(f"{type(trainer).__name__} cannot resume from a checkpoint; restarting the stage")
-    return trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume)) if resume and resumable else trainer.train()
+    watcher = watch.of(trainer)
+    if watcher and (step := watcher.restore_best()) is not None:
+        log(f"kept the weights of step {step}: the best watched {watcher.cfg['select_best']} "
+            f"(watch.select_best), not the last")
+    return result
 
 
 def train_and_save(trainer, tokenizer, stage_dir: Path, log):
@@ -148,7 +159,7 @@ def train_against_reference(trainer_cls, recipe: dict, stage: dict, init: dict, 
 def record(trainer, result, args, stage: dict, data: dict, tokenizer, model_dir: Path, base: str,
            adapter: bool, **extra) -> dict:
     """What the manifest records about a finished training stage."""
-    from finetune import precision
+    from finetune import precision, watch
 
     return {
         "artifact": {"model": str(model_dir), "adapter": adapter, "base": base,
@@ -160,6 +171,7 @@ def record(trainer, result, args, stage: dict, data: dict, tokenizer, model_dir:
         "training_args": {k: v for k, v in args.to_dict().items() if k in stage["train"] or k in RECORDED_ARGS},
         "chat_template_sha256": sha256_text(tokenizer.chat_template),
         "precision": precision.of_args(args, precision.detect()).record(),
+        **({"watch": watcher.record()} if (watcher := watch.of(trainer)) else {}),
         **extra,
     }
 

@@ -1,0 +1,192 @@
+"""The task metric while a policy trains, and alarms for reward hacking.
+
+A stage's `watch:` names an eval task; every `every` optimizer steps (and before the first and after the last)
+the policy answers the task's first `questions` questions greedily and is scored with the evaluation's own
+code. The scores go into the stage's metrics (`watch/f1`, `watch/exact`, `watch/mean_words`,
+`watch/unextracted`, beside the trainer's reward and KL), the manifest and the report.
+
+Alarms compare each watch point with the first one (the starting policy):
+
+- `reward_up_f1_down`: the trainer's reward rose while F1 on the same questions fell, and the paired 95%
+  bootstrap interval of the per-question F1 change lies below zero (a fall beyond noise);
+- `length_drift`: the mean answer length in words moved by more than `length_drift` of its start;
+- `unextractable`: more than `unextractable` of the answers had no extractable span, and more than at the start.
+
+Each alarm is one warning line with the step and numbers, recorded in the manifest; `stop_on_alarm` stops
+training there. `select_best` keeps the trainable weights of the best-scoring point (in memory) and puts them
+back when training ends, so the stage saves the best model rather than the last.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainerCallback
+
+# Where each trainer logs its reward and KL (the first key present wins).
+REWARD_KEYS = ("reward", "objective/scores", "rewards/margins", "objective/rlhf_reward")
+KL_KEYS = ("kl", "objective/kl")
+
+
+@dataclass
+class Point:
+    """One watch point: the step, the trainer's latest reward and KL (None if it logs none), and the scores.
+
+    `f1`/`exact` are means over the questions in percent; `per_question_f1` in 0-1, in question order."""
+
+    step: int
+    reward: float | None
+    kl: float | None
+    f1: float
+    exact: float
+    mean_words: float
+    unextracted: float
+    per_question_f1: list[float] = field(repr=False)
+
+    def metrics(self) -> dict:
+        return {"step": self.step, "watch/f1": round(self.f1, 3), "watch/exact": round(self.exact, 3),
+                "watch/mean_words": round(self.mean_words, 3), "watch/unextracted": round(self.unextracted, 4)}
+
+
+def score_point(step: int, answers: list[dict], log_history: list[dict]) -> Point:
+    """A Point from `evaluation.answer_questions` output and the trainer's log so far."""
+    n = len(answers)
+    latest = {}
+    for entry in log_history:
+        latest.update({k: v for k, v in entry.items() if isinstance(v, int | float)})
+    reward = next((float(latest[k]) for k in REWARD_KEYS if k in latest), None)
+    kl = next((float(latest[k]) for k in KL_KEYS if k in latest), None)
+    return Point(step=step, reward=reward, kl=kl, f1=100 * sum(a["f1"] for a in answers) / n,
+                 exact=100 * sum(float(a["em"]) for a in answers) / n,
+                 mean_words=sum(len(a["answer"].split()) for a in answers) / n,
+                 unextracted=sum(not a["extracted"] for a in answers) / n,
+                 per_question_f1=[float(a["f1"]) for a in answers])
+
+
+def alarms(first: Point, now: Point, length_drift: float, unextractable: float) -> list[dict]:
+    """The alarms `now` raises against `first` (see the module docstring); [] when none.
+
+    Each is {"alarm", "step", "message"}. Pure: the same points give the same alarms on any machine (the
+    bootstrap is seeded, finetune.stats).
+    """
+    from finetune import stats
+
+    found = []
+    if first.reward is not None and now.reward is not None and now.reward > first.reward:
+        lo, hi = stats.paired_bootstrap_ci(first.per_question_f1, now.per_question_f1)
+        if hi < 0:
+            found.append({"alarm": "reward_up_f1_down", "step": now.step, "message": (
+                f"reward rose {first.reward:.3g} -> {now.reward:.3g} while held-out F1 fell {first.f1:.1f} -> "
+                f"{now.f1:.1f} (paired 95% CI of the change {100 * lo:.1f} to {100 * hi:.1f})")})
+    if first.mean_words > 0 and abs(now.mean_words / first.mean_words - 1) > length_drift:
+        found.append({"alarm": "length_drift", "step": now.step, "message": (
+            f"mean answer length moved {first.mean_words:.1f} -> {now.mean_words:.1f} words "
+            f"(more than {100 * length_drift:.0f}% of its start)")})
+    if now.unextracted > unextractable and now.unextracted > first.unextracted:
+        found.append({"alarm": "unextractable", "step": now.step, "message": (
+            f"{100 * now.unextracted:.0f}% of answers have no extractable span (at the start: "
+            f"{100 * first.unextracted:.0f}%; limit {100 * unextractable:.0f}%)")})
+    return found
+
+
+class TaskMetricCallback(TrainerCallback):
+    """A transformers TrainerCallback that watches the task metric (`cfg` is the stage's `watch:` block).
+
+    `common.build_trainer` adds it (`.bind(trainer)`) to a stage with `watch:`. After training, `.points` holds
+    every Point, `.alarms` every alarm raised, `.record()` what the manifest keeps. Raises UserError for a task
+    that fails to load. Scoring runs on every rank (each holds the whole policy under DDP); lines are logged
+    by the main one.
+    """
+
+    def __init__(self, cfg: dict, stage_name: str, tokenizer, batch_size: int = 16):
+        from finetune.evaluation import load_task, task_rows
+
+        self.cfg, self.stage_name, self.tokenizer, self.batch_size = cfg, stage_name, tokenizer, batch_size
+        self.task = load_task(cfg["task"])
+        self.rows = task_rows(self.task, cfg["questions"])
+        self.trainer = None
+        self.points: list[Point] = []
+        self.alarms: list[dict] = []
+        self.best: tuple[float, int, dict] | None = None  # (score, step, trainable tensors)
+
+    def bind(self, trainer):
+        self.trainer = trainer
+        return self
+
+    def _policy(self):
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        return getattr(model, "policy", model)  # TRL's PPO trains a policy-and-value wrapper
+
+    def _score(self, state, control) -> None:
+        import torch
+
+        from finetune.evaluation import answer_questions
+        from finetune.ranks import log
+
+        if self.points and self.points[-1].step == state.global_step:
+            return
+        model, tokenizer = self._policy(), self.tokenizer
+        was_training, side = model.training, tokenizer.padding_side
+        model.eval()
+        try:
+            with torch.no_grad():
+                answers = answer_questions(model, tokenizer, self.task, self.rows, self.batch_size)
+        finally:
+            tokenizer.padding_side = side
+            model.train(was_training)
+        point = score_point(state.global_step, answers, state.log_history)
+        self.points.append(point)
+        state.log_history.append(point.metrics())
+        log(f"{self.stage_name}: step {point.step}: held-out {self.task['name']} ({len(self.rows)} questions) "
+            f"F1 {point.f1:.1f} EM {point.exact:.1f}, {point.mean_words:.1f} words"
+            + (f", reward {point.reward:.3g}" if point.reward is not None else "")
+            + (f", KL {point.kl:.3g}" if point.kl is not None else ""))
+        self._keep_if_best(point, model)
+        raised = {a["alarm"] for a in self.alarms}
+        for alarm in alarms(self.points[0], point, self.cfg["length_drift"], self.cfg["unextractable"]):
+            if alarm["alarm"] not in raised:
+                self.alarms.append(alarm)
+                stop = self.cfg["stop_on_alarm"]
+                log(f"warning: {self.stage_name}: alarm at step {alarm['step']}: {alarm['alarm']}: "
+                    f"{alarm['message']}" + ("; stopping (watch.stop_on_alarm)" if stop else ""))
+                if stop:
+                    control.should_training_stop = True
+
+    def _keep_if_best(self, point: Point, model) -> None:
+        if not self.cfg["select_best"]:
+            return
+        score = point.f1 if self.cfg["select_best"] == "f1" else point.exact
+        if self.best is None or score > self.best[0]:
+            kept = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            self.best = (score, point.step, kept)
+
+    def restore_best(self) -> int | None:
+        """Put the best point's trainable weights back into the policy; returns its step (None if unused)."""
+        if self.best is None:
+            return None
+        params = dict(self._policy().named_parameters())
+        for name, tensor in self.best[2].items():
+            params[name].data.copy_(tensor)
+        return self.best[1]
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._score(state, control)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.cfg["every"] == 0:
+            self._score(state, control)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._score(state, control)
+
+    def record(self) -> dict:
+        """What the manifest keeps: the task, every point (with reward and KL), the alarms, the kept step."""
+        return {"task": self.task["name"], "questions": len(self.rows), "every": self.cfg["every"],
+                "points": [{**p.metrics(), "reward": p.reward, "kl": p.kl} for p in self.points],
+                "alarms": self.alarms, "select_best": self.cfg["select_best"],
+                "selected_step": self.best[1] if self.best else None}
+
+
+def of(trainer) -> TaskMetricCallback | None:
+    """The trainer's TaskMetricCallback, if its stage watches a task."""
+    return next((c for c in trainer.callback_handler.callbacks if isinstance(c, TaskMetricCallback)), None)

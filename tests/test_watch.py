@@ -1,0 +1,148 @@
+"""The task metric during training (`watch:`): points, alarms for reward hacking, validation, a real run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import DATA, REPO
+
+from finetune.errors import UserError
+from finetune.recipe import load_recipe
+from finetune.watch import Point, alarms, score_point
+
+
+def point(step, reward, f1s, words=2.0, unextracted=0.0):
+    return Point(step=step, reward=reward, kl=None, f1=100 * sum(f1s) / len(f1s), exact=0.0, mean_words=words,
+                 unextracted=unextracted, per_question_f1=list(f1s))
+
+
+START = point(0, 0.2, [0.8] * 40)
+
+
+def test_no_alarm_when_reward_and_f1_rise_together():
+    assert alarms(START, point(10, 0.5, [0.9] * 40), 0.5, 0.2) == []
+
+
+def test_reward_up_while_f1_falls_beyond_noise():
+    now = point(10, 0.6, [0.8] * 20 + [0.1] * 20)
+    [alarm] = alarms(START, now, 0.5, 0.2)
+    assert alarm["alarm"] == "reward_up_f1_down" and alarm["step"] == 10
+    assert "reward rose 0.2 -> 0.6 while held-out F1 fell 80.0 -> 45.0" in alarm["message"]
+
+
+def test_a_fall_within_noise_or_without_a_rising_reward_is_quiet():
+    one_worse = point(10, 0.6, [0.8] * 39 + [0.0])           # one question of 40: inside the paired CI
+    assert alarms(START, one_worse, 0.5, 0.2) == []
+    assert alarms(START, point(10, 0.1, [0.1] * 40), 0.5, 0.2) == []   # F1 fell, but so did the reward
+    assert alarms(point(0, None, [0.8] * 40), point(10, None, [0.1] * 40), 0.5, 0.2) == []  # no reward logged
+
+
+def test_length_drift_both_ways_beyond_the_share():
+    assert [a["alarm"] for a in alarms(START, point(5, 0.2, [0.8] * 40, words=6.0), 0.5, 0.2)] == ["length_drift"]
+    assert [a["alarm"] for a in alarms(START, point(5, 0.2, [0.8] * 40, words=0.5), 0.5, 0.2)] == ["length_drift"]
+    assert alarms(START, point(5, 0.2, [0.8] * 40, words=2.9), 0.5, 0.2) == []
+
+
+def test_unextractable_answers_above_the_limit_and_the_start():
+    got = alarms(START, point(5, 0.2, [0.8] * 40, unextracted=0.5), 0.5, 0.2)
+    assert [a["alarm"] for a in got] == ["unextractable"] and "50% of answers" in got[0]["message"]
+    bad_start = point(0, 0.2, [0.8] * 40, unextracted=0.3)
+    assert alarms(bad_start, point(5, 0.2, [0.8] * 40, unextracted=0.3), 0.5, 0.2) == []
+
+
+@pytest.mark.parametrize(("history", "reward", "kl"), [
+    ([{"reward": 0.1, "kl": 0.0}, {"reward": 0.4, "kl": 0.02}], 0.4, 0.02),           # GRPO / RLOO
+    ([{"objective/scores": -1.0, "objective/kl": 0.5}], -1.0, 0.5),                  # PPO
+    ([{"rewards/margins": 0.3, "loss": 0.6}], 0.3, None),                            # DPO
+    ([{"loss": 1.0}], None, None),                                                   # SFT: no reward
+])
+def test_score_point_reads_each_trainers_reward_and_kl(history, reward, kl):
+    answers = [{"id": "a", "answer": "Paris", "extracted": True, "em": 1.0, "f1": 1.0},
+               {"id": "b", "answer": "", "extracted": False, "em": 0.0, "f1": 0.0}]
+    p = score_point(7, answers, history)
+    assert (p.reward, p.kl) == (reward, kl)
+    assert (p.f1, p.exact, p.mean_words, p.unextracted) == (50.0, 50.0, 0.5, 0.5)
+    assert p.metrics() == {"step": 7, "watch/f1": 50.0, "watch/exact": 50.0, "watch/mean_words": 0.5,
+                           "watch/unextracted": 0.5}
+
+
+RECIPE = f"""
+name: w
+base_model: {{path: MODEL}}
+data:
+  qa: {{path: {DATA / 'qa' / 'sft.jsonl'}}}
+  prefs: {{path: {DATA / 'qa' / 'prefs.jsonl'}}}
+stages:
+  - {{name: sft, kind: sft, data: [qa], train: {{max_steps: 1}}}}
+  - {{name: dpo, kind: dpo, data: [prefs], WATCH}}
+EVAL
+"""
+
+
+def write(tmp_path, model, watch, eval_block="eval: {tasks: [qa_heldout]}"):
+    text = RECIPE.replace("MODEL", str(model)).replace("WATCH", watch).replace("EVAL", eval_block)
+    (tmp_path / "r.yaml").write_text(text)
+    return tmp_path / "r.yaml"
+
+
+@pytest.mark.parametrize(("watch", "message"), [
+    ("watch: {task: qa_heldot}", "stages[1].watch.task: "),
+    ("watch: {questions: 8}", "stages[1].watch.task"),
+    ("watch: {task: qa_heldout, select_best: f1}", "stages[1].watch.select_best: 'qa_heldout' is also in "
+                                                   "eval.tasks"),
+    ("watch: {task: capitals_open_chat, length_drift: 0}", "stages[1].watch.length_drift: use a share above 0"),
+    ("watch: {task: capitals_open_chat, unextractable: 1.5}", "stages[1].watch.unextractable: use a share above 0 "
+                                                              "and at most 1"),
+    ("watch: {task: capitals_open_chat, select_best: loss}", "stages[1].watch.select_best"),
+])
+def test_bad_watch_blocks_are_one_line(tiny_llama, tmp_path, monkeypatch, watch, message):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(UserError, match="^" + str(tmp_path / "r.yaml").replace(".", r"\.") + ": ") as e:
+        load_recipe(write(tmp_path, tiny_llama, watch))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_watch_only_on_stages_that_answer(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = write(tmp_path, tiny_llama, "watch: {task: capitals_open_chat}")
+    path.write_text(path.read_text().replace("kind: dpo", "kind: reward"))
+    with pytest.raises(UserError, match=r"stages\[1\].watch: a reward stage does not answer questions"):
+        load_recipe(path)
+
+
+def test_select_best_on_a_task_outside_the_evaluation_is_accepted(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    recipe = load_recipe(write(tmp_path, tiny_llama, "watch: {task: capitals_open_chat, select_best: f1}"))
+    assert recipe["stages"][1]["watch"] == {"task": "capitals_open_chat", "questions": 32, "every": 10,
+                                            "select_best": "f1", "length_drift": 0.5, "unextractable": 0.2,
+                                            "stop_on_alarm": False}
+
+
+def test_dpo_watched_during_training_records_points_and_keeps_the_best(tiny_llama, tmp_path, monkeypatch, capsys):
+    """A real DPO stage with `watch:`: the held-out score before the first step, every 2 steps and after the
+    last lands in metrics.jsonl, the manifest and the log; with select_best the kept step is recorded."""
+    from finetune.pipeline import run_recipe
+
+    monkeypatch.chdir(REPO)
+    watch = ("watch: {task: capitals_open_chat, questions: 8, every: 2, select_best: f1}, max_rows: 48, "
+             "train: {max_steps: 5, per_device_train_batch_size: 8, logging_steps: 1, save_strategy: 'no', "
+             "gradient_checkpointing: false}")
+    recipe = load_recipe(write(tmp_path, tiny_llama, watch, eval_block=""))
+    results = run_recipe(recipe, output_dir=str(tmp_path / "run"))
+    record = results["dpo"]["watch"]
+    assert [p["step"] for p in record["points"]] == [0, 2, 4, 5]
+    assert record["task"] == "capitals_open_chat" and record["questions"] == 8
+    assert all(0 <= p["watch/f1"] <= 100 and p["reward"] is not None for p in record["points"][1:])
+    best = max(record["points"], key=lambda p: p["watch/f1"])
+    assert record["selected_step"] == best["step"]
+    history = [json.loads(x) for x in (tmp_path / "run" / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history if "watch/f1" in h] == [0, 2, 4, 5]
+    err = capsys.readouterr().err
+    assert err.count("dpo: step ") == 4 and "held-out capitals_open_chat (8 questions) F1 " in err
+    assert f"kept the weights of step {best['step']}" in err
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "## dpo: the task metric during training (capitals_open_chat, 8 questions, every 2 steps)" in report
+    assert f"Kept the weights of step {best['step']} (best watched f1)." in report
+    for png in ("dpo-watch.png", "dpo-watch-signals.png"):
+        assert (tmp_path / "run" / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
