@@ -23,6 +23,14 @@ from finetune.schema import COLUMN_TARGETS, DATA_AUDIT
 
 PURPOSE = {"sft": "sft", "reward": "pairs", "dpo": "pairs",  # stage kind -> what it reads from a source
            "ppo": "prompts", "rloo": "prompts", "grpo": "prompts", "kto": "unpaired", "distill": "prompts"}
+
+
+def purpose(stage: dict) -> str:
+    """What a stage reads from its sources (stage_data's `purpose`): a dpo stage that samples its own pairs
+    reads prompts."""
+    return "prompts" if stage.get("sample_pairs") else PURPOSE[stage["kind"]]
+
+
 TRUNCATING = ("sft", "reward", "dpo", "kto")  # kinds whose TRL config cuts rows to `max_length`
 TRL_DEFAULT_MAX_LENGTH = 1024  # SFTConfig, DPOConfig and RewardConfig default in trl 1.12
 def row_text(row: dict) -> str:
@@ -35,7 +43,7 @@ def _audited_sources(recipe: dict) -> dict[str, tuple[str, str, list[dict]]]:
     uses: dict[tuple[str, str], list[dict]] = {}
     for stage in recipe["stages"]:
         for name in stage["data"]:
-            uses.setdefault((name, PURPOSE[stage["kind"]]), []).append(stage)
+            uses.setdefault((name, purpose(stage)), []).append(stage)
     per_source = Counter(name for name, _ in uses)
     return {(name if per_source[name] == 1 else f"{name}:{purpose}"): (name, purpose, stages)
             for (name, purpose), stages in uses.items()}

@@ -317,21 +317,32 @@ def safe_stops(prompts: list[str], stops: list[str]) -> list[str]:
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-             chat: bool, progress: bool = True, stop: list[str] | None = None) -> list[str]:
-    """Greedy generation in left-padded batches. A row stops at any of the model's end-of-sequence ids
-    (`stop_token_ids`) or, while generating, at any `stop` string (transformers' stop_strings, those
-    `safe_stops` allows); outputs are cut at the first end-of-sequence id, special tokens removed (the stop
-    string stays: `extract_answer` cuts there). Side effect: tokenizer.padding_side = "left".
+             chat: bool, progress: bool = True, stop: list[str] | None = None,
+             stats: dict | None = None) -> list[str]:
+    """Greedy generation in left-padded batches, in the order of `prompts`. A row stops at any of the model's
+    end-of-sequence ids (`stop_token_ids`) or, while generating, at any `stop` string (transformers'
+    stop_strings, those `safe_stops` allows); outputs are cut at the first end-of-sequence id, special tokens
+    removed (the stop string stays: `extract_answer` cuts there). Side effect: tokenizer.padding_side = "left".
+
+    Prompts are batched longest first (as lm-evaluation-harness does), so a batch holds prompts of similar
+    length and pads little. A finished row still occupies its batch until the batch's last row stops;
+    `stats`, when given, receives `generated_positions` (batch rows x steps generated), `useful_tokens` (up
+    to and including each row's first end-of-sequence or pad token) and `wasted_share` (the rest, 0-1).
     """
     import torch
     from tqdm.auto import tqdm
 
     tokenizer.padding_side = "left"
     eos_ids = stop_token_ids(model, tokenizer)
-    outputs: list[str] = []
+    ends_at = set(eos_ids) | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=not chat)["input_ids"]] if prompts else []
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    outputs: list[str | None] = [None] * len(prompts)
+    positions = useful = 0
     steps = range(0, len(prompts), batch_size)
     for start in tqdm(steps, desc="generating", unit="batch", disable=not progress or len(steps) < 2):
-        batch = prompts[start:start + batch_size]
+        index = order[start:start + batch_size]
+        batch = [prompts[i] for i in index]
         usable = safe_stops(batch, stop or [])
         extra = {"stop_strings": usable, "tokenizer": tokenizer} if usable else {}
         enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=not chat)
@@ -339,9 +350,15 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=eos_ids, **extra)
-        for row in out[:, enc["input_ids"].shape[1]:].tolist():
-            ends = [row.index(i) for i in eos_ids if i in row]
-            outputs.append(tokenizer.decode(row[: min(ends)] if ends else row, skip_special_tokens=True))
+        new = out[:, enc["input_ids"].shape[1]:].tolist()
+        for i, row in zip(index, new, strict=True):
+            ends = [row.index(t) for t in eos_ids if t in row]
+            outputs[i] = tokenizer.decode(row[: min(ends)] if ends else row, skip_special_tokens=True)
+            useful += next((k + 1 for k, t in enumerate(row) if t in ends_at), len(row))
+            positions += len(row)
+    if stats is not None:
+        stats.update(generated_positions=positions, useful_tokens=useful,
+                     wasted_share=round(1 - useful / positions, 4) if positions else 0.0)
     return outputs
 
 
@@ -364,9 +381,9 @@ def evaluate_task(model, tokenizer, task: dict, out_dir: Path | None, batch_size
     if not rows:
         raise UserError(f"eval task {task['name']}: {task['data']} has no questions")
     prompts = build_prompts(task, rows, tokenizer)
-    started = time.time()
+    started, work = time.time(), {}
     generations = generate(model, tokenizer, prompts, max_new_tokens or task["max_new_tokens"], batch_size,
-                           task["chat_template"], stop=task["stop"])
+                           task["chat_template"], stop=task["stop"], stats=work)
     seconds = time.time() - started
     extracted, predictions, dataset = _extract(task, rows, generations)
     if task["metric"] == "squad_v1":
@@ -377,7 +394,8 @@ def evaluate_task(model, tokenizer, task: dict, out_dir: Path | None, batch_size
     per_q = {q["id"]: q for q in squad.per_question_scores(task["metric"], dataset, predictions)}
     ci = stats.summarize([100 * per_q[r["id"]]["em"] for r in rows], [100 * per_q[r["id"]]["f1"] for r in rows])
     result.update(exact_ci=ci["exact_ci"], f1_ci=ci["f1_ci"], task=task["name"], metric=task["metric"],
-                  generation_seconds=round(seconds, 3), task_sha256=task["sha256"],
+                  generation_seconds=round(seconds, 3), questions_per_second=round(len(rows) / seconds, 3),
+                  wasted_token_share=work["wasted_share"], task_sha256=task["sha256"],
                   extraction=describe_answer_rule(task["answer"]),
                   unextracted=sum(a is None for a in extracted.values()))
     if out_dir is not None:

@@ -44,8 +44,8 @@ def _source_identity(src: dict) -> dict:
 # Recipe keys added after runs existed, left out of the fingerprint while unset: adding a key to the schema
 # must not turn every finished run into "run with other inputs".
 LATER_KEYS = {"base_model": ("training_chat_template", "gguf_file"),
-              "stage": ("rewards", "teacher", "student", "peft.num_virtual_tokens", "peft.init_text",
-                        "peft.encoder_hidden_size")}
+              "stage": ("rewards", "teacher", "student", "watch", "sample_pairs", "peft.num_virtual_tokens",
+                        "peft.init_text", "peft.encoder_hidden_size")}
 
 
 def _without_unset(section: dict, later: tuple[str, ...]) -> dict:
@@ -96,11 +96,11 @@ def preflight(recipe: dict) -> None:
     import tempfile
 
     from finetune.data import stage_data
-    from finetune.data_audit import PURPOSE
+    from finetune.data_audit import purpose
 
     with tempfile.TemporaryDirectory() as tmp:
         for stage in recipe["stages"]:
-            data = stage_data(recipe, stage, PURPOSE[stage["kind"]])
+            data = stage_data(recipe, stage, purpose(stage))
             _stage_module(stage["kind"]).config(recipe, stage, data, Path(tmp) / stage["name"], None)
 
 

@@ -274,6 +274,7 @@ def validate(raw: dict, file: str) -> dict:
         _check_peft(stage, key, file)
         _check_distill(stage, key, file)
         _check_watch(stage, recipe["eval"], key, file)
+        _check_sample_pairs(stage, key, file)
     _resolve_stage_links(recipe["stages"], file, bm["path"])
     if recipe["eval"]:
         from finetune.evaluation import check_task
@@ -323,6 +324,19 @@ def _check_watch(stage: dict, eval_cfg: dict | None, key: str, file: str) -> Non
             raise UserError(f"{file}: {key}.watch.select_best: '{task['name']}' is also in eval.tasks; choosing "
                             f"weights by it would pick them on the test questions. Watch another task (or "
                             f"another split), or drop select_best")
+
+
+def _check_sample_pairs(stage: dict, key: str, file: str) -> None:
+    """`sample_pairs:` on dpo stages only, with a margin in (0, 1] and a positive temperature."""
+    cfg = stage["sample_pairs"]
+    if not cfg:
+        return
+    if stage["kind"] != "dpo":
+        raise UserError(f"{file}: {key}.sample_pairs: only dpo stages build pairs from sampled answers")
+    if not math.isfinite(cfg["margin"]) or not 0 < cfg["margin"] <= 1:
+        raise UserError(f"{file}: {key}.sample_pairs.margin: use an F1 difference in (0, 1], got {cfg['margin']!r}")
+    if not math.isfinite(cfg["temperature"]) or cfg["temperature"] <= 0:
+        raise UserError(f"{file}: {key}.sample_pairs.temperature: use a number above 0, got {cfg['temperature']!r}")
 
 
 def _check_rewards(stage: dict, key: str, file: str) -> None:

@@ -130,6 +130,14 @@ WATCH = Section({
 }, "ppo/dpo/rloo/grpo/kto: EM/F1 on held-out questions during training, beside reward, KL and length; "
    "alarms when reward rises while F1 falls, lengths drift or answers stop being extractable", default=None)
 
+SAMPLE_PAIRS = Section({
+    "k": Key((int,), 4, "answers sampled per prompt from the starting policy", minimum=2),
+    "margin": Key((int, float), 0.3, "keep (best, worst) when their SQuAD F1 (0-1) differs by at least this"),
+    "temperature": Key((int, float), 1.0, "sampling temperature"),
+    "max_new_tokens": Key((int,), 32, "longest sampled answer", minimum=1),
+}, "dpo: build the pairs on-policy from prompt rows with gold `answers`: best vs worst of k sampled answers "
+   "by F1, no human labels", default=None)
+
 STAGE = Section({
     "name": Key((str,), None, "stage name, used for its run folder; defaults to the kind"),
     "kind": Key((str,), REQUIRED, "what the stage trains", STAGE_KINDS),
@@ -146,6 +154,7 @@ STAGE = Section({
     "rewards": MapOf(Key((int, float)), "grpo/rloo: reward functions and their weights: squad_f1, squad_em, "
                      "length_penalty (need an `answers` column), reward_model; default {reward_model: 1}"),
     "watch": WATCH,
+    "sample_pairs": SAMPLE_PAIRS,
     "eval_split": Key((int, float), 0, "held-out rows: a fraction (<1) or a count (>=1); 0 = none"),
     "max_rows": Key((int,), None, "total training rows of the mixture (default: sum of the sources)", minimum=1),
     "loss": Key((str,), "auto",

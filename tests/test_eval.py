@@ -46,6 +46,28 @@ def test_batched_generation_equals_one_at_a_time(model_and_tokenizer, monkeypatc
     assert all(s.strip() for s in single), "a random model rambles: every generation is non-empty"
 
 
+@pytest.mark.numerics
+def test_batches_grouped_by_length_answer_in_prompt_order_and_count_the_wasted_work(model_and_tokenizer,
+                                                                                      monkeypatch):
+    """Batches of similar-length prompts (longest first) still return answers in the prompts' order, the ones
+    generation one at a time gives; the stats count every generated position and the useful share of them."""
+    monkeypatch.chdir(REPO)
+    model, tok = model_and_tokenizer
+    from finetune.evaluation import build_prompts
+
+    task = load_task("squad_v1_tiny")
+    prompts = build_prompts(task, read_rows(task["data"], task["format"]), tok)
+    stats: dict = {}
+    grouped = generate(model, tok, prompts, 24, batch_size=3, chat=False, progress=False, stats=stats)
+    single = [generate(model, tok, [p], 24, batch_size=1, chat=False, progress=False)[0] for p in prompts]
+    assert grouped == single
+    assert 0 < stats["useful_tokens"] <= stats["generated_positions"] <= 24 * len(prompts)
+    assert stats["wasted_share"] == round(1 - stats["useful_tokens"] / stats["generated_positions"], 4)
+    one: dict = {}
+    generate(model, tok, prompts[:1], 24, batch_size=1, chat=False, progress=False, stats=one)
+    assert one["wasted_share"] == 0.0, "a batch of one row wastes nothing"
+
+
 @pytest.mark.parametrize("name", TASKS)
 def test_every_shipped_task_runs_and_matches_official_scoring(model_and_tokenizer, tmp_path, monkeypatch, name):
     monkeypatch.chdir(REPO)

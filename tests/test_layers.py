@@ -20,7 +20,7 @@ LAYERS = [
                 "kernel_paths", "packing", "runlock", "stages", "bench", "precision"}),
     ("data and models", {"data", "preference", "pii", "tiny", "realmodels", "gguf_models", "modeling",
                          "chat_templates", "rewards", "audit", "students"}),
-    ("evaluation and artifacts", {"evaluation", "overlap", "published", "score", "review", "artifacts", "watch",
+    ("evaluation and artifacts", {"evaluation", "overlap", "published", "score", "review", "artifacts", "watch", "sampled_pairs",
                                   "eval_models"}),
     ("validation and data audit", {"recipe", "data_audit"}),
     ("stages", {"stages.common", "stages.sft", "stages.reward", "stages.dpo", "stages.ppo", "stages.rloo",

@@ -146,3 +146,42 @@ def test_dpo_watched_during_training_records_points_and_keeps_the_best(tiny_llam
     assert f"Kept the weights of step {best['step']} (best watched f1)." in report
     for png in ("dpo-watch.png", "dpo-watch-signals.png"):
         assert (tmp_path / "run" / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_metric_labelled_pairs_are_best_vs_worst_above_the_margin():
+    from finetune.sampled_pairs import pairs_from_samples
+
+    prompts = [[{"role": "user", "content": "Where does Yara live?"}], "Q: When was Hedda born?\nA:", "Q: x?\nA:"]
+    golds = [["Yarrow"], ["2004"], ["blue"]]
+    samples = [["in Yarrow", "Yarrow", "Dovecote", "Yarrow town"],   # F1 0.67, 1, 0, 0.67
+               ["2004", "2004", "2004", "2004"],                      # all alike: nothing to learn
+               ["red", "blue sky", "green", "light blue sky"]]        # F1 0, 0.67, 0, 0.5
+    pairs, records = pairs_from_samples(prompts, golds, samples, margin=0.6)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [
+        ([{"role": "assistant", "content": "Yarrow"}], [{"role": "assistant", "content": "Dovecote"}]),
+        ("blue sky", "red")]
+    assert pairs[0]["prompt"] == prompts[0] and (pairs[1]["chosen_f1"], pairs[1]["rejected_f1"]) == (
+        pytest.approx(2 / 3), 0.0)
+    assert [r["kept"] for r in records] == [True, False, True]
+    assert records[0]["samples"][1] == ["Yarrow", 1.0]
+    assert pairs_from_samples(prompts, golds, samples, margin=0.7)[0][1:] == []  # 0.67 apart is under 0.7
+
+
+@pytest.mark.parametrize(("block", "message"), [
+    ("sample_pairs: {k: 1}", "stages[1].sample_pairs.k"),
+    ("sample_pairs: {margin: 0}", "stages[1].sample_pairs.margin: use an F1 difference in (0, 1]"),
+    ("sample_pairs: {temperature: -1}", "stages[1].sample_pairs.temperature: use a number above 0"),
+])
+def test_bad_sample_pairs_blocks_are_one_line(tiny_llama, tmp_path, monkeypatch, block, message):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(UserError) as e:
+        load_recipe(write(tmp_path, tiny_llama, block))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sample_pairs_only_on_dpo(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    path = write(tmp_path, tiny_llama, "sample_pairs: {k: 4}")
+    path.write_text(path.read_text().replace("kind: dpo", "kind: kto"))
+    with pytest.raises(UserError, match=r"stages\[1\].sample_pairs: only dpo stages build pairs"):
+        load_recipe(path)

@@ -139,13 +139,17 @@ def train_and_save(trainer, tokenizer, stage_dir: Path, log):
 
 
 def train_against_reference(trainer_cls, recipe: dict, stage: dict, init: dict, stage_dir: Path, tokenizer,
-                            data: dict, args, log, **extra) -> dict:
+                            data: dict, args, log, model=None, **extra) -> dict:
     """What DPO and KTO share after their data: the policy of `from` (quantised if the stage asks), TRL's
     reference (the policy with its adapter disabled under peft, else a frozen copy), training, the record.
 
-    `trainer_cls` is DPOTrainer or KTOTrainer; `extra` goes into the record (the stage's label audit).
+    `trainer_cls` is DPOTrainer or KTOTrainer; `model` the policy if already loaded (`load_policy`); `extra`
+    goes into the record (the stage's label audit).
     """
-    model, source = load_policy(recipe, stage, init, args.gradient_checkpointing)
+    if model is None:
+        model, source = load_policy(recipe, stage, init, args.gradient_checkpointing)
+    else:
+        source = start_dir(recipe, init)
     peft = modeling.peft_config(stage["peft"]) if stage["peft"] else None
     trainer = build_trainer(trainer_cls, stage, model=model, ref_model=None, args=args,
                             train_dataset=data["train"], eval_dataset=data["eval"],
