@@ -10,7 +10,7 @@ import argparse
 import statistics
 import time
 
-from finetune.evaluation import _read_rows, build_prompts, generate, load_task
+from finetune.evaluation import build_prompts, generate, load_task, read_rows
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     tok = AutoTokenizer.from_pretrained(args.model)
     task = load_task(args.task)
-    prompts = build_prompts(task, _read_rows(task["data"], task["format"]), tok) * args.copies
+    prompts = build_prompts(task, read_rows(task["data"], task["format"]), tok) * args.copies
     times = {"one-at-a-time": [], f"batched (bs={args.batch_size})": []}
     outputs = {}
     for _ in range(args.rounds):

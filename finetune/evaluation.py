@@ -318,14 +318,14 @@ def safe_stops(prompts: list[str], stops: list[str]) -> list[str]:
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
              chat: bool, progress: bool = True, stop: list[str] | None = None,
-             stats: dict | None = None) -> list[str]:
+             stats: dict | None = None, group_by_length: bool = True) -> list[str]:
     """Greedy generation in left-padded batches, in the order of `prompts`. A row stops at any of the model's
     end-of-sequence ids (`stop_token_ids`) or, while generating, at any `stop` string (transformers'
     stop_strings, those `safe_stops` allows); outputs are cut at the first end-of-sequence id, special tokens
     removed (the stop string stays: `extract_answer` cuts there). Side effect: tokenizer.padding_side = "left".
 
     Prompts are batched longest first (as lm-evaluation-harness does), so a batch holds prompts of similar
-    length and pads little. A finished row still occupies its batch until the batch's last row stops;
+    length and pads little (`group_by_length=False`: in the given order, for benchmarks). A finished row still occupies its batch until the batch's last row stops;
     `stats`, when given, receives `generated_positions` (batch rows x steps generated), `useful_tokens` (up
     to and including each row's first end-of-sequence or pad token) and `wasted_share` (the rest, 0-1).
     """
@@ -336,7 +336,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     eos_ids = stop_token_ids(model, tokenizer)
     ends_at = set(eos_ids) | ({tokenizer.pad_token_id} if tokenizer.pad_token_id is not None else set())
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=not chat)["input_ids"]] if prompts else []
-    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i] if group_by_length else i)
     outputs: list[str | None] = [None] * len(prompts)
     positions = useful = 0
     steps = range(0, len(prompts), batch_size)

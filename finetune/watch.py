@@ -5,7 +5,8 @@ the policy answers the task's first `questions` questions greedily and is scored
 code. The scores go into the stage's metrics (`watch/f1`, `watch/exact`, `watch/mean_words`,
 `watch/unextracted`, beside the trainer's reward and KL), the manifest and the report.
 
-Alarms compare each watch point with the first one (the starting policy):
+Alarms compare each watch point with the first one (the starting policy; for the reward, the first that has
+logged one):
 
 - `reward_up_f1_down`: the trainer's reward rose while F1 on the same questions fell, and the paired 95%
   bootstrap interval of the per-question F1 change lies below zero (a fall beyond noise);
@@ -63,21 +64,25 @@ def score_point(step: int, answers: list[dict], log_history: list[dict]) -> Poin
                  per_question_f1=[float(a["f1"]) for a in answers])
 
 
-def alarms(first: Point, now: Point, length_drift: float, unextractable: float) -> list[dict]:
-    """The alarms `now` raises against `first` (see the module docstring); [] when none.
+def alarms(points: list[Point], length_drift: float, unextractable: float) -> list[dict]:
+    """The alarms the last of `points` raises against the first (see the module docstring); [] when none.
 
-    Each is {"alarm", "step", "message"}. Pure: the same points give the same alarms on any machine (the
-    bootstrap is seeded, finetune.stats).
+    The reward is compared with the earliest earlier point that has one (the first point, before any step,
+    usually has none yet). Each alarm is {"alarm", "step", "message"}. Pure: the same points give the same
+    alarms on any machine (the bootstrap is seeded, finetune.stats).
     """
     from finetune import stats
 
+    first, now = points[0], points[-1]
     found = []
-    if first.reward is not None and now.reward is not None and now.reward > first.reward:
+    rewarded = next((p for p in points[:-1] if p.reward is not None), None)
+    if rewarded is not None and now.reward is not None and now.reward > rewarded.reward:
         lo, hi = stats.paired_bootstrap_ci(first.per_question_f1, now.per_question_f1)
         if hi < 0:
             found.append({"alarm": "reward_up_f1_down", "step": now.step, "message": (
-                f"reward rose {first.reward:.3g} -> {now.reward:.3g} while held-out F1 fell {first.f1:.1f} -> "
-                f"{now.f1:.1f} (paired 95% CI of the change {100 * lo:.1f} to {100 * hi:.1f})")})
+                f"reward rose {rewarded.reward:.3g} (step {rewarded.step}) -> {now.reward:.3g} while held-out F1 "
+                f"fell {first.f1:.1f} -> {now.f1:.1f} (paired 95% CI of the change {100 * lo:.1f} to "
+                f"{100 * hi:.1f})")})
     if first.mean_words > 0 and abs(now.mean_words / first.mean_words - 1) > length_drift:
         found.append({"alarm": "length_drift", "step": now.step, "message": (
             f"mean answer length moved {first.mean_words:.1f} -> {now.mean_words:.1f} words "
@@ -143,7 +148,7 @@ class TaskMetricCallback(TrainerCallback):
             + (f", KL {point.kl:.3g}" if point.kl is not None else ""))
         self._keep_if_best(point, model)
         raised = {a["alarm"] for a in self.alarms}
-        for alarm in alarms(self.points[0], point, self.cfg["length_drift"], self.cfg["unextractable"]):
+        for alarm in alarms(self.points, self.cfg["length_drift"], self.cfg["unextractable"]):
             if alarm["alarm"] not in raised:
                 self.alarms.append(alarm)
                 stop = self.cfg["stop_on_alarm"]

@@ -21,34 +21,45 @@ START = point(0, 0.2, [0.8] * 40)
 
 
 def test_no_alarm_when_reward_and_f1_rise_together():
-    assert alarms(START, point(10, 0.5, [0.9] * 40), 0.5, 0.2) == []
+    assert alarms([START, point(10, 0.5, [0.9] * 40)], 0.5, 0.2) == []
 
 
 def test_reward_up_while_f1_falls_beyond_noise():
     now = point(10, 0.6, [0.8] * 20 + [0.1] * 20)
-    [alarm] = alarms(START, now, 0.5, 0.2)
+    [alarm] = alarms([START, now], 0.5, 0.2)
     assert alarm["alarm"] == "reward_up_f1_down" and alarm["step"] == 10
-    assert "reward rose 0.2 -> 0.6 while held-out F1 fell 80.0 -> 45.0" in alarm["message"]
+    assert "reward rose 0.2 (step 0) -> 0.6 while held-out F1 fell 80.0 -> 45.0" in alarm["message"]
+
+
+def test_the_reward_baseline_is_the_first_point_that_logged_one():
+    """Before the first step no reward is logged yet: the reward is compared from the first point with one,
+    F1 from the start."""
+    start = point(0, None, [0.8] * 40)
+    early = point(4, 0.05, [0.8] * 40)
+    hacked = point(16, 0.9, [0.0] * 40)
+    [alarm] = alarms([start, early, hacked], 0.5, 0.2)
+    assert alarm["alarm"] == "reward_up_f1_down"
+    assert "reward rose 0.05 (step 4) -> 0.9 while held-out F1 fell 80.0 -> 0.0" in alarm["message"]
 
 
 def test_a_fall_within_noise_or_without_a_rising_reward_is_quiet():
     one_worse = point(10, 0.6, [0.8] * 39 + [0.0])           # one question of 40: inside the paired CI
-    assert alarms(START, one_worse, 0.5, 0.2) == []
-    assert alarms(START, point(10, 0.1, [0.1] * 40), 0.5, 0.2) == []   # F1 fell, but so did the reward
-    assert alarms(point(0, None, [0.8] * 40), point(10, None, [0.1] * 40), 0.5, 0.2) == []  # no reward logged
+    assert alarms([START, one_worse], 0.5, 0.2) == []
+    assert alarms([START, point(10, 0.1, [0.1] * 40)], 0.5, 0.2) == []   # F1 fell, but so did the reward
+    assert alarms([point(0, None, [0.8] * 40), point(10, None, [0.1] * 40)], 0.5, 0.2) == []  # no reward logged
 
 
 def test_length_drift_both_ways_beyond_the_share():
-    assert [a["alarm"] for a in alarms(START, point(5, 0.2, [0.8] * 40, words=6.0), 0.5, 0.2)] == ["length_drift"]
-    assert [a["alarm"] for a in alarms(START, point(5, 0.2, [0.8] * 40, words=0.5), 0.5, 0.2)] == ["length_drift"]
-    assert alarms(START, point(5, 0.2, [0.8] * 40, words=2.9), 0.5, 0.2) == []
+    assert [a["alarm"] for a in alarms([START, point(5, 0.2, [0.8] * 40, words=6.0)], 0.5, 0.2)] == ["length_drift"]
+    assert [a["alarm"] for a in alarms([START, point(5, 0.2, [0.8] * 40, words=0.5)], 0.5, 0.2)] == ["length_drift"]
+    assert alarms([START, point(5, 0.2, [0.8] * 40, words=2.9)], 0.5, 0.2) == []
 
 
 def test_unextractable_answers_above_the_limit_and_the_start():
-    got = alarms(START, point(5, 0.2, [0.8] * 40, unextracted=0.5), 0.5, 0.2)
+    got = alarms([START, point(5, 0.2, [0.8] * 40, unextracted=0.5)], 0.5, 0.2)
     assert [a["alarm"] for a in got] == ["unextractable"] and "50% of answers" in got[0]["message"]
     bad_start = point(0, 0.2, [0.8] * 40, unextracted=0.3)
-    assert alarms(bad_start, point(5, 0.2, [0.8] * 40, unextracted=0.3), 0.5, 0.2) == []
+    assert alarms([bad_start, point(5, 0.2, [0.8] * 40, unextracted=0.3)], 0.5, 0.2) == []
 
 
 @pytest.mark.parametrize(("history", "reward", "kl"), [
