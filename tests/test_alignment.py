@@ -17,6 +17,7 @@ from conftest import DATA, REPO
 from finetune.pipeline import run_recipe
 from finetune.recipe import load_recipe
 
+
 @pytest.fixture(scope="module")
 def readers(tmp_path_factory):
     """epochs -> (model folder, prompts-with-answers file): the demo's tiny Llama after the demo's SFT for that
