@@ -66,12 +66,20 @@ def detect() -> Hardware:
     import torch
 
     cuda = torch.cuda.is_available()
-    flags = {name for name, probe in (("avx512_bf16", torch.cpu._is_avx512_bf16_supported),
-                                      ("amx_tile", torch.cpu._is_amx_tile_supported)) if probe()}
-    cpu_bf16, reason = cpu_native_bf16(flags, torch.backends.cpu.get_cpu_capability(),
-                                       os.environ.get("ONEDNN_MAX_CPU_ISA"))
-    return Hardware(cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported(), cpu_bf16=cpu_bf16,
-                    cpu_reason=reason)
+    flags = {
+        name
+        for name, probe in (
+            ("avx512_bf16", torch.cpu._is_avx512_bf16_supported),
+            ("amx_tile", torch.cpu._is_amx_tile_supported),
+        )
+        if probe()
+    }
+    cpu_bf16, reason = cpu_native_bf16(
+        flags, torch.backends.cpu.get_cpu_capability(), os.environ.get("ONEDNN_MAX_CPU_ISA")
+    )
+    return Hardware(
+        cuda=cuda, cuda_bf16=cuda and torch.cuda.is_bf16_supported(), cpu_bf16=cpu_bf16, cpu_reason=reason
+    )
 
 
 def training(train: dict, hw: Hardware) -> Precision:

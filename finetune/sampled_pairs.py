@@ -18,8 +18,16 @@ from finetune import rewards
 from finetune.errors import UserError
 
 
-def sample(model, tokenizer, prompts: list, k: int, max_new_tokens: int, temperature: float, seed: int,
-           batch_size: int = 8) -> list[list[str]]:
+def sample(
+    model,
+    tokenizer,
+    prompts: list,
+    k: int,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    batch_size: int = 8,
+) -> list[list[str]]:
     """`k` sampled answers (text before the first newline, stripped) for each prompt (chat turns or text).
 
     Left-padded batches through `model.generate(do_sample=True, num_return_sequences=k)`; seeded with
@@ -34,20 +42,30 @@ def sample(model, tokenizer, prompts: list, k: int, max_new_tokens: int, tempera
     torch.manual_seed(seed)
     out: list[list[str]] = []
     for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
+        batch = prompts[start : start + batch_size]
         chat = not isinstance(batch[0], str)
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if chat else p
-                 for p in batch]
+        texts = [
+            tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) if chat else p
+            for p in batch
+        ]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
         enc = {key: v.to(model.device) for key, v in enc.items() if key in ("input_ids", "attention_mask")}
         with torch.no_grad():
-            gen = model.generate(**enc, do_sample=True, temperature=temperature, top_p=1.0, top_k=0,
-                                 num_return_sequences=k, max_new_tokens=max_new_tokens,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
-        rows = gen[:, enc["input_ids"].shape[1]:].tolist()
+            gen = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=temperature,
+                top_p=1.0,
+                top_k=0,
+                num_return_sequences=k,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=eos,
+            )
+        rows = gen[:, enc["input_ids"].shape[1] :].tolist()
         for i in range(len(batch)):
             answers = []
-            for row in rows[i * k:(i + 1) * k]:
+            for row in rows[i * k : (i + 1) * k]:
                 ends = [row.index(t) for t in eos if t in row]
                 text = tokenizer.decode(row[: min(ends)] if ends else row, skip_special_tokens=True)
                 answers.append(rewards.completion_text(text))
@@ -55,8 +73,9 @@ def sample(model, tokenizer, prompts: list, k: int, max_new_tokens: int, tempera
     return out
 
 
-def pairs_from_samples(prompts: list, golds: list[list[str]], samples: list[list[str]],
-                       margin: float) -> tuple[list[dict], list[dict]]:
+def pairs_from_samples(
+    prompts: list, golds: list[list[str]], samples: list[list[str]], margin: float
+) -> tuple[list[dict], list[dict]]:
     """(DPO pairs, every prompt's record) from sampled answers and their gold answers.
 
     A pair is (highest-F1 answer, lowest-F1 answer) of one prompt when their F1 (0-1) differs by >= `margin`;
@@ -69,15 +88,29 @@ def pairs_from_samples(prompts: list, golds: list[list[str]], samples: list[list
         best = max(range(len(answers)), key=lambda j: (scores[j], -j))
         worst = min(range(len(answers)), key=lambda j: (scores[j], j))
         kept = scores[best] - scores[worst] >= margin and answers[best] != answers[worst]
-        records.append({"row": i, "samples": [[a, round(s, 4)] for a, s in zip(answers, scores, strict=True)],
-                        "kept": kept})
+        records.append(
+            {
+                "row": i,
+                "samples": [[a, round(s, 4)] for a, s in zip(answers, scores, strict=True)],
+                "kept": kept,
+            }
+        )
         if kept:
             chosen, rejected = answers[best], answers[worst]
             if not isinstance(prompt, str):
-                chosen, rejected = ([{"role": "assistant", "content": chosen}],
-                                    [{"role": "assistant", "content": rejected}])
-            pairs.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
-                          "chosen_f1": scores[best], "rejected_f1": scores[worst]})
+                chosen, rejected = (
+                    [{"role": "assistant", "content": chosen}],
+                    [{"role": "assistant", "content": rejected}],
+                )
+            pairs.append(
+                {
+                    "prompt": prompt,
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "chosen_f1": scores[best],
+                    "rejected_f1": scores[worst],
+                }
+            )
     return pairs, records
 
 
@@ -90,11 +123,15 @@ def build(model, tokenizer, prompt_rows, cfg: dict, seed: int, stage_name: str, 
     import datasets
 
     if "answers" not in prompt_rows.column_names:
-        raise UserError(f"stage {stage_name}: sample_pairs scores answers against gold answers: the prompt data "
-                        f"needs an `answers` column (a list of texts)")
+        raise UserError(
+            f"stage {stage_name}: sample_pairs scores answers against gold answers: the prompt data "
+            f"needs an `answers` column (a list of texts)"
+        )
     prompts, golds = list(prompt_rows["prompt"]), [list(a or []) for a in prompt_rows["answers"]]
-    log(f"sampling {cfg['k']} answers for each of {len(prompts)} prompts from the starting policy "
-        f"(temperature {cfg['temperature']}, up to {cfg['max_new_tokens']} tokens)")
+    log(
+        f"sampling {cfg['k']} answers for each of {len(prompts)} prompts from the starting policy "
+        f"(temperature {cfg['temperature']}, up to {cfg['max_new_tokens']} tokens)"
+    )
     samples = sample(model, tokenizer, prompts, cfg["k"], cfg["max_new_tokens"], cfg["temperature"], seed)
     pairs, records = pairs_from_samples(prompts, golds, samples, cfg["margin"])
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,17 +139,27 @@ def build(model, tokenizer, prompt_rows, cfg: dict, seed: int, stage_name: str, 
         for rec in records:
             f.write(json.dumps({**rec, "golds": golds[rec["row"]]}, ensure_ascii=False) + "\n")
     n = len(prompts)
-    summary = {"prompts": n, "k": cfg["k"], "margin": cfg["margin"], "pairs": len(pairs),
-               "mean_chosen_f1": round(sum(p["chosen_f1"] for p in pairs) / len(pairs), 4) if pairs else None,
-               "mean_rejected_f1": round(sum(p["rejected_f1"] for p in pairs) / len(pairs), 4) if pairs else None,
-               "mean_sample_f1": round(sum(s for r in records for _, s in r["samples"]) / (n * cfg["k"]), 4),
-               "file": out_path.name}
-    log(f"sampled pairs: {len(pairs)} of {n} prompts had answers at least {cfg['margin']} F1 apart "
+    summary = {
+        "prompts": n,
+        "k": cfg["k"],
+        "margin": cfg["margin"],
+        "pairs": len(pairs),
+        "mean_chosen_f1": round(sum(p["chosen_f1"] for p in pairs) / len(pairs), 4) if pairs else None,
+        "mean_rejected_f1": round(sum(p["rejected_f1"] for p in pairs) / len(pairs), 4) if pairs else None,
+        "mean_sample_f1": round(sum(s for r in records for _, s in r["samples"]) / (n * cfg["k"]), 4),
+        "file": out_path.name,
+    }
+    log(
+        f"sampled pairs: {len(pairs)} of {n} prompts had answers at least {cfg['margin']} F1 apart "
         f"(chosen F1 {summary['mean_chosen_f1']}, rejected F1 {summary['mean_rejected_f1']}; "
-        f"all samples {summary['mean_sample_f1']})")
+        f"all samples {summary['mean_sample_f1']})"
+    )
     if not pairs:
-        raise UserError(f"stage {stage_name}: sample_pairs: no prompt gave two answers at least {cfg['margin']} F1 "
-                        f"apart (mean sampled F1 {summary['mean_sample_f1']}); raise k or temperature, lower the "
-                        f"margin, or start from a policy that sometimes answers right (see {out_path})")
-    return datasets.Dataset.from_list([{k: v for k, v in p.items() if not k.endswith("_f1")} for p in pairs]), \
-        summary
+        raise UserError(
+            f"stage {stage_name}: sample_pairs: no prompt gave two answers at least {cfg['margin']} F1 "
+            f"apart (mean sampled F1 {summary['mean_sample_f1']}); raise k or temperature, lower the "
+            f"margin, or start from a policy that sometimes answers right (see {out_path})"
+        )
+    return datasets.Dataset.from_list(
+        [{k: v for k, v in p.items() if not k.endswith("_f1")} for p in pairs]
+    ), summary

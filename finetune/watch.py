@@ -11,7 +11,8 @@ logged one):
 - `reward_up_f1_down`: the trainer's reward rose while F1 on the same questions fell, and the paired 95%
   bootstrap interval of the per-question F1 change lies below zero (a fall beyond noise);
 - `length_drift`: the mean answer length in words moved by more than `length_drift` of its start;
-- `unextractable`: more than `unextractable` of the answers had no extractable span, and more than at the start.
+- `unextractable`: more than `unextractable` of the answers had no extractable span, and more than at the
+  start.
 
 Each alarm is one warning line with the step and numbers, recorded in the manifest; `stop_on_alarm` stops
 training there. `select_best` keeps the trainable weights of the best-scoring point (in memory) and puts them
@@ -45,8 +46,13 @@ class Point:
     per_question_f1: list[float] = field(repr=False)
 
     def metrics(self) -> dict:
-        return {"step": self.step, "watch/f1": round(self.f1, 3), "watch/exact": round(self.exact, 3),
-                "watch/mean_words": round(self.mean_words, 3), "watch/unextracted": round(self.unextracted, 4)}
+        return {
+            "step": self.step,
+            "watch/f1": round(self.f1, 3),
+            "watch/exact": round(self.exact, 3),
+            "watch/mean_words": round(self.mean_words, 3),
+            "watch/unextracted": round(self.unextracted, 4),
+        }
 
 
 def score_point(step: int, answers: list[dict], log_history: list[dict]) -> Point:
@@ -57,11 +63,16 @@ def score_point(step: int, answers: list[dict], log_history: list[dict]) -> Poin
         latest.update({k: v for k, v in entry.items() if isinstance(v, int | float)})
     reward = next((float(latest[k]) for k in REWARD_KEYS if k in latest), None)
     kl = next((float(latest[k]) for k in KL_KEYS if k in latest), None)
-    return Point(step=step, reward=reward, kl=kl, f1=100 * sum(a["f1"] for a in answers) / n,
-                 exact=100 * sum(float(a["em"]) for a in answers) / n,
-                 mean_words=sum(len(a["answer"].split()) for a in answers) / n,
-                 unextracted=sum(not a["extracted"] for a in answers) / n,
-                 per_question_f1=[float(a["f1"]) for a in answers])
+    return Point(
+        step=step,
+        reward=reward,
+        kl=kl,
+        f1=100 * sum(a["f1"] for a in answers) / n,
+        exact=100 * sum(float(a["em"]) for a in answers) / n,
+        mean_words=sum(len(a["answer"].split()) for a in answers) / n,
+        unextracted=sum(not a["extracted"] for a in answers) / n,
+        per_question_f1=[float(a["f1"]) for a in answers],
+    )
 
 
 def alarms(points: list[Point], length_drift: float, unextractable: float) -> list[dict]:
@@ -79,28 +90,50 @@ def alarms(points: list[Point], length_drift: float, unextractable: float) -> li
     if rewarded is not None and now.reward is not None and now.reward > rewarded.reward:
         lo, hi = stats.paired_bootstrap_ci(first.per_question_f1, now.per_question_f1)
         if hi < 0:
-            found.append({"alarm": "reward_up_f1_down", "step": now.step, "message": (
-                f"reward rose {rewarded.reward:.3g} (step {rewarded.step}) -> {now.reward:.3g} while held-out F1 "
-                f"fell {first.f1:.1f} -> {now.f1:.1f} (paired 95% CI of the change {100 * lo:.1f} to "
-                f"{100 * hi:.1f})")})
+            found.append(
+                {
+                    "alarm": "reward_up_f1_down",
+                    "step": now.step,
+                    "message": (
+                        f"reward rose {rewarded.reward:.3g} (step {rewarded.step}) -> {now.reward:.3g} "
+                        f"while held-out F1 "
+                        f"fell {first.f1:.1f} -> {now.f1:.1f} (paired 95% CI of the change {100 * lo:.1f} to "
+                        f"{100 * hi:.1f})"
+                    ),
+                }
+            )
     if first.mean_words > 0 and abs(now.mean_words / first.mean_words - 1) > length_drift:
-        found.append({"alarm": "length_drift", "step": now.step, "message": (
-            f"mean answer length moved {first.mean_words:.1f} -> {now.mean_words:.1f} words "
-            f"(more than {100 * length_drift:.0f}% of its start)")})
+        found.append(
+            {
+                "alarm": "length_drift",
+                "step": now.step,
+                "message": (
+                    f"mean answer length moved {first.mean_words:.1f} -> {now.mean_words:.1f} words "
+                    f"(more than {100 * length_drift:.0f}% of its start)"
+                ),
+            }
+        )
     if now.unextracted > unextractable and now.unextracted > first.unextracted:
-        found.append({"alarm": "unextractable", "step": now.step, "message": (
-            f"{100 * now.unextracted:.0f}% of answers have no extractable span (at the start: "
-            f"{100 * first.unextracted:.0f}%; limit {100 * unextractable:.0f}%)")})
+        found.append(
+            {
+                "alarm": "unextractable",
+                "step": now.step,
+                "message": (
+                    f"{100 * now.unextracted:.0f}% of answers have no extractable span (at the start: "
+                    f"{100 * first.unextracted:.0f}%; limit {100 * unextractable:.0f}%)"
+                ),
+            }
+        )
     return found
 
 
 class TaskMetricCallback(TrainerCallback):
     """A transformers TrainerCallback that watches the task metric (`cfg` is the stage's `watch:` block).
 
-    `common.build_trainer` adds it (`.bind(trainer)`) to a stage with `watch:`. After training, `.points` holds
-    every Point, `.alarms` every alarm raised, `.record()` what the manifest keeps. Raises UserError for a task
-    that fails to load. Scoring runs on every rank (each holds the whole policy under DDP); lines are logged
-    by the main one.
+    `common.build_trainer` adds it (`.bind(trainer)`) to a stage with `watch:`. After training, `.points`
+    holds every Point, `.alarms` every alarm raised, `.record()` what the manifest keeps. Raises UserError
+    for a task that fails to load. Scoring runs on every rank (each holds the whole policy under DDP); lines
+    are logged by the main one.
     """
 
     def __init__(self, cfg: dict, stage_name: str, tokenizer, batch_size: int = 16):
@@ -142,18 +175,23 @@ class TaskMetricCallback(TrainerCallback):
         point = score_point(state.global_step, answers, state.log_history)
         self.points.append(point)
         state.log_history.append(point.metrics())
-        log(f"{self.stage_name}: step {point.step}: held-out {self.task['name']} ({len(self.rows)} questions) "
+        log(
+            f"{self.stage_name}: step {point.step}: held-out {self.task['name']} "
+            f"({len(self.rows)} questions) "
             f"F1 {point.f1:.1f} EM {point.exact:.1f}, {point.mean_words:.1f} words"
             + (f", reward {point.reward:.3g}" if point.reward is not None else "")
-            + (f", KL {point.kl:.3g}" if point.kl is not None else ""))
+            + (f", KL {point.kl:.3g}" if point.kl is not None else "")
+        )
         self._keep_if_best(point, model)
         raised = {a["alarm"] for a in self.alarms}
         for alarm in alarms(self.points, self.cfg["length_drift"], self.cfg["unextractable"]):
             if alarm["alarm"] not in raised:
                 self.alarms.append(alarm)
                 stop = self.cfg["stop_on_alarm"]
-                log(f"warning: {self.stage_name}: alarm at step {alarm['step']}: {alarm['alarm']}: "
-                    f"{alarm['message']}" + ("; stopping (watch.stop_on_alarm)" if stop else ""))
+                log(
+                    f"warning: {self.stage_name}: alarm at step {alarm['step']}: {alarm['alarm']}: "
+                    f"{alarm['message']}" + ("; stopping (watch.stop_on_alarm)" if stop else "")
+                )
                 if stop:
                     control.should_training_stop = True
 
@@ -186,10 +224,15 @@ class TaskMetricCallback(TrainerCallback):
 
     def record(self) -> dict:
         """What the manifest keeps: the task, every point (with reward and KL), the alarms, the kept step."""
-        return {"task": self.task["name"], "questions": len(self.rows), "every": self.cfg["every"],
-                "points": [{**p.metrics(), "reward": p.reward, "kl": p.kl} for p in self.points],
-                "alarms": self.alarms, "select_best": self.cfg["select_best"],
-                "selected_step": self.best[1] if self.best else None}
+        return {
+            "task": self.task["name"],
+            "questions": len(self.rows),
+            "every": self.cfg["every"],
+            "points": [{**p.metrics(), "reward": p.reward, "kl": p.kl} for p in self.points],
+            "alarms": self.alarms,
+            "select_best": self.cfg["select_best"],
+            "selected_step": self.best[1] if self.best else None,
+        }
 
 
 def of(trainer) -> TaskMetricCallback | None:

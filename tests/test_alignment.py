@@ -20,7 +20,8 @@ from finetune.recipe import load_recipe
 
 @pytest.fixture(scope="module")
 def readers(tmp_path_factory):
-    """epochs -> (model folder, prompts-with-answers file): the demo's tiny Llama after the demo's SFT for that
+    """epochs -> (model folder, prompts-with-answers file): the demo's tiny Llama after the demo's SFT for
+    that
     many epochs on the first 2400 rows of the synthetic QA data, and 16 of the other rows as prompts with
     their gold answers (questions it was not trained on). Measured (2026-11-30): after 2 epochs the model has
     not yet learned to copy spans (held-out EM 5 on 40 questions), after 4 it has (62.5)."""
@@ -31,15 +32,25 @@ def readers(tmp_path_factory):
     lines = (DATA / "qa" / "sft.jsonl").read_text().splitlines()
     (root / "sft.jsonl").write_text("\n".join(lines[:2400]) + "\n")
     prompts = root / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"prompt": r["messages"][:1], "answers": [r["messages"][1]["content"]]})
-                               + "\n" for r in map(json.loads, lines[2400:2416])))
+    prompts.write_text(
+        "".join(
+            json.dumps({"prompt": r["messages"][:1], "answers": [r["messages"][1]["content"]]}) + "\n"
+            for r in map(json.loads, lines[2400:2416])
+        )
+    )
     made = {}
 
     def reader(epochs: int):
         if epochs not in made:
-            recipe = load_recipe(REPO / "recipes" / "tiny" / "demo.yaml",
-                                 [f"base_model.path={model}", f"data.qa.path={root / 'sft.jsonl'}",
-                                  f"stages.sft.train.num_train_epochs={epochs}", "stages.sft.train.save_strategy=no"])
+            recipe = load_recipe(
+                REPO / "recipes" / "tiny" / "demo.yaml",
+                [
+                    f"base_model.path={model}",
+                    f"data.qa.path={root / 'sft.jsonl'}",
+                    f"stages.sft.train.num_train_epochs={epochs}",
+                    "stages.sft.train.save_strategy=no",
+                ],
+            )
             run_recipe({**recipe, "eval": None}, output_dir=str(root / f"run-{epochs}"), only="sft")
             made[epochs] = (root / f"run-{epochs}" / "sft" / "model", prompts)
         return made[epochs]
@@ -47,18 +58,42 @@ def readers(tmp_path_factory):
     return reader
 
 
-def grpo_recipe(tmp_path, reader, rewards: dict, watch: dict, steps: int, lr: float,
-                temperature: float = 1.0) -> dict:
+def grpo_recipe(
+    tmp_path, reader, rewards: dict, watch: dict, steps: int, lr: float, temperature: float = 1.0
+) -> dict:
     """A one-stage GRPO recipe from `reader`: 4 prompts x 4 sampled answers per step (an epoch of the 16
     prompts every 4 steps), full finetuning."""
     model, prompts = reader
-    stage = {"name": "grpo", "kind": "grpo", "data": ["prompts"], "rewards": rewards, "watch": watch,
-             "train": {"max_steps": steps, "learning_rate": lr, "per_device_train_batch_size": 16,
-                       "num_generations": 4, "max_completion_length": 12, "temperature": temperature,
-                       "logging_steps": 1, "save_strategy": "no", "gradient_checkpointing": False}}
+    stage = {
+        "name": "grpo",
+        "kind": "grpo",
+        "data": ["prompts"],
+        "rewards": rewards,
+        "watch": watch,
+        "train": {
+            "max_steps": steps,
+            "learning_rate": lr,
+            "per_device_train_batch_size": 16,
+            "num_generations": 4,
+            "max_completion_length": 12,
+            "temperature": temperature,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "gradient_checkpointing": False,
+        },
+    }
     path = tmp_path / "grpo.yaml"
-    path.write_text(yaml.safe_dump({"name": "g", "seed": 3, "base_model": {"path": str(model)},
-                                    "data": {"prompts": {"path": str(prompts)}}, "stages": [stage]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "g",
+                "seed": 3,
+                "base_model": {"path": str(model)},
+                "data": {"prompts": {"path": str(prompts)}},
+                "stages": [stage],
+            }
+        )
+    )
     return load_recipe(path)
 
 
@@ -79,7 +114,9 @@ def test_grpo_with_the_f1_reward_raises_it_and_raises_no_alarm(readers, tmp_path
     f1 = logged(tmp_path / "run", "grpo", "rewards/squad_f1/mean")
     assert len(f1) == 64
     first, last = sum(f1[:12]) / 12, sum(f1[-12:]) / 12
-    assert last > first, f"F1 reward did not rise: {first:.3f} over the first 12 steps, {last:.3f} over the last"
+    assert last > first, (
+        f"F1 reward did not rise: {first:.3f} over the first 12 steps, {last:.3f} over the last"
+    )
     record = results["grpo"]["watch"]
     assert [p["step"] for p in record["points"]] == [0, 16, 32, 48, 64]
     assert record["alarms"] == [], record["alarms"]
@@ -94,8 +131,9 @@ def test_a_reward_for_long_answers_trips_an_alarm_and_stops_training(readers, tm
     the test samples at 1.5; the alarm then fires and stops training on both paths."""
     monkeypatch.chdir(REPO)
     watch = {"task": "qa_heldout", "questions": 40, "every": 4, "stop_on_alarm": True}
-    recipe = grpo_recipe(tmp_path, readers(4), {"length_penalty": -1.0}, watch, steps=40, lr=1e-3,
-                         temperature=1.5)
+    recipe = grpo_recipe(
+        tmp_path, readers(4), {"length_penalty": -1.0}, watch, steps=40, lr=1e-3, temperature=1.5
+    )
     results = run_recipe(recipe, output_dir=str(tmp_path / "run"))
     record = results["grpo"]["watch"]
     points = [(p["step"], p["watch/f1"], p["watch/mean_words"], p["reward"]) for p in record["points"]]
@@ -110,16 +148,37 @@ def test_a_reward_for_long_answers_trips_an_alarm_and_stops_training(readers, tm
 def test_metric_labelled_pairs_are_built_and_consumed_by_dpo(readers, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     model, prompts = readers(4)
-    stage = {"name": "dpo", "kind": "dpo", "data": ["prompts"],
-             "sample_pairs": {"k": 4, "margin": 0.3, "temperature": 1.0, "max_new_tokens": 12},
-             "train": {"max_steps": 2, "per_device_train_batch_size": 4, "learning_rate": 1e-5, "logging_steps": 1,
-                       "save_strategy": "no", "gradient_checkpointing": False}}
+    stage = {
+        "name": "dpo",
+        "kind": "dpo",
+        "data": ["prompts"],
+        "sample_pairs": {"k": 4, "margin": 0.3, "temperature": 1.0, "max_new_tokens": 12},
+        "train": {
+            "max_steps": 2,
+            "per_device_train_batch_size": 4,
+            "learning_rate": 1e-5,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "gradient_checkpointing": False,
+        },
+    }
     path = tmp_path / "dpo.yaml"
-    path.write_text(yaml.safe_dump({"name": "d", "seed": 3, "base_model": {"path": str(model)},
-                                    "data": {"prompts": {"path": str(prompts)}}, "stages": [stage]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "d",
+                "seed": 3,
+                "base_model": {"path": str(model)},
+                "data": {"prompts": {"path": str(prompts)}},
+                "stages": [stage],
+            }
+        )
+    )
     results = run_recipe(load_recipe(path), output_dir=str(tmp_path / "run"))
     summary = results["dpo"]["sampled_pairs"]
-    samples = [json.loads(x) for x in (tmp_path / "run" / "dpo" / "sampled_pairs.jsonl").read_text().splitlines()]
+    samples = [
+        json.loads(x) for x in (tmp_path / "run" / "dpo" / "sampled_pairs.jsonl").read_text().splitlines()
+    ]
     assert summary["prompts"] == len(samples) == 16 and all(len(s["samples"]) == 4 for s in samples)
     assert summary["pairs"] == sum(s["kept"] for s in samples) > 0
     assert summary["mean_chosen_f1"] - summary["mean_rejected_f1"] >= 0.3

@@ -18,31 +18,37 @@ OLD_GPU = Hardware(cuda=True, cuda_bf16=False, cpu_bf16=True, cpu_reason="the CP
 NEW_GPU = Hardware(cuda=True, cuda_bf16=True, cpu_bf16=False, cpu_reason="no native bf16")
 
 
-@pytest.mark.parametrize(("flags", "capability", "isa", "native", "words"), [
-    ({"avx512_bf16"}, "AVX512", None, True, "avx512_bf16"),
-    ({"amx_tile", "avx512_bf16"}, "AVX512", None, True, "amx_tile, avx512_bf16"),
-    (set(), "AVX512", None, False, "no AVX512-BF16 or AMX"),
-    ({"avx512_bf16"}, "AVX2", None, False, "AVX2 kernels"),          # ATEN_CPU_CAPABILITY=avx2
-    ({"avx512_bf16"}, "DEFAULT", None, False, "DEFAULT kernels"),
-    ({"avx512_bf16"}, "AVX512", "AVX2", False, "capped at AVX2"),     # ONEDNN_MAX_CPU_ISA=AVX2
-    ({"avx512_bf16"}, "AVX512", "avx512_core", False, "capped at AVX512_CORE"),
-    ({"avx512_bf16"}, "AVX512", "AVX512_CORE_BF16", True, "avx512_bf16"),
-])
+@pytest.mark.parametrize(
+    ("flags", "capability", "isa", "native", "words"),
+    [
+        ({"avx512_bf16"}, "AVX512", None, True, "avx512_bf16"),
+        ({"amx_tile", "avx512_bf16"}, "AVX512", None, True, "amx_tile, avx512_bf16"),
+        (set(), "AVX512", None, False, "no AVX512-BF16 or AMX"),
+        ({"avx512_bf16"}, "AVX2", None, False, "AVX2 kernels"),  # ATEN_CPU_CAPABILITY=avx2
+        ({"avx512_bf16"}, "DEFAULT", None, False, "DEFAULT kernels"),
+        ({"avx512_bf16"}, "AVX512", "AVX2", False, "capped at AVX2"),  # ONEDNN_MAX_CPU_ISA=AVX2
+        ({"avx512_bf16"}, "AVX512", "avx512_core", False, "capped at AVX512_CORE"),
+        ({"avx512_bf16"}, "AVX512", "AVX512_CORE_BF16", True, "avx512_bf16"),
+    ],
+)
 def test_native_bf16_from_flags_kernels_and_caps(flags, capability, isa, native, words):
     got, reason = cpu_native_bf16(flags, capability, isa)
     assert got is native
     assert words in reason
 
 
-@pytest.mark.parametrize(("train", "hw", "bf16", "fp16", "why"), [
-    ({}, NATIVE_CPU, True, False, "natively"),
-    ({}, AVX2_CPU, False, False, "no native bf16"),
-    ({"bf16": False}, NATIVE_CPU, False, False, "set by the recipe"),   # the recipe always wins
-    ({"bf16": True}, AVX2_CPU, True, False, "set by the recipe"),
-    ({"fp16": True}, NATIVE_CPU, False, True, "set by the recipe"),
-    ({}, NEW_GPU, True, False, "GPU supports bf16"),
-    ({}, OLD_GPU, False, False, "GPU has no bf16"),                  # a CPU's bf16 says nothing about the GPU
-])
+@pytest.mark.parametrize(
+    ("train", "hw", "bf16", "fp16", "why"),
+    [
+        ({}, NATIVE_CPU, True, False, "natively"),
+        ({}, AVX2_CPU, False, False, "no native bf16"),
+        ({"bf16": False}, NATIVE_CPU, False, False, "set by the recipe"),  # the recipe always wins
+        ({"bf16": True}, AVX2_CPU, True, False, "set by the recipe"),
+        ({"fp16": True}, NATIVE_CPU, False, True, "set by the recipe"),
+        ({}, NEW_GPU, True, False, "GPU supports bf16"),
+        ({}, OLD_GPU, False, False, "GPU has no bf16"),  # a CPU's bf16 says nothing about the GPU
+    ],
+)
 def test_training_precision(train, hw, bf16, fp16, why):
     chosen = precision.training(train, hw)
     assert (chosen.bf16, chosen.fp16) == (bf16, fp16)
@@ -51,15 +57,23 @@ def test_training_precision(train, hw, bf16, fp16, why):
 
 
 def test_of_args_names_the_recipe_only_when_it_differs_from_the_hardware_choice():
-    assert precision.of_args(SimpleNamespace(bf16=True, fp16=False), NATIVE_CPU).reason == NATIVE_CPU.cpu_reason
+    assert (
+        precision.of_args(SimpleNamespace(bf16=True, fp16=False), NATIVE_CPU).reason == NATIVE_CPU.cpu_reason
+    )
     assert precision.of_args(SimpleNamespace(bf16=False, fp16=False), NATIVE_CPU).reason.startswith("set by")
     assert precision.of_args(SimpleNamespace(bf16=False, fp16=False), AVX2_CPU).reason == AVX2_CPU.cpu_reason
 
 
-@pytest.mark.parametrize(("requested", "hw", "dtype"), [
-    ("auto", NATIVE_CPU, "bfloat16"), ("auto", AVX2_CPU, None), ("auto", NEW_GPU, None),
-    ("float32", NATIVE_CPU, "float32"), ("bfloat16", AVX2_CPU, "bfloat16"),
-])
+@pytest.mark.parametrize(
+    ("requested", "hw", "dtype"),
+    [
+        ("auto", NATIVE_CPU, "bfloat16"),
+        ("auto", AVX2_CPU, None),
+        ("auto", NEW_GPU, None),
+        ("float32", NATIVE_CPU, "float32"),
+        ("bfloat16", AVX2_CPU, "bfloat16"),
+    ],
+)
 def test_generation_dtype(requested, hw, dtype):
     assert precision.generation_dtype(requested, hw)[0] == dtype
 
@@ -79,10 +93,16 @@ def test_detect_follows_the_kernel_path_variables():
     fp32, whatever its CPU has."""
     import os
 
-    probe = ("import json; from finetune import precision; h = precision.detect(); "
-             "print(json.dumps([h.cpu_bf16, h.cpu_reason]))")
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-           "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    probe = (
+        "import json; from finetune import precision; h = precision.detect(); "
+        "print(json.dumps([h.cpu_bf16, h.cpu_reason]))"
+    )
+    env = {
+        **os.environ,
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+    }
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     native, reason = json.loads(out.stdout.strip().splitlines()[-1])
     assert native is False

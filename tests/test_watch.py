@@ -13,8 +13,16 @@ from finetune.watch import Point, alarms, score_point
 
 
 def point(step, reward, f1s, words=2.0, unextracted=0.0):
-    return Point(step=step, reward=reward, kl=None, f1=100 * sum(f1s) / len(f1s), exact=0.0, mean_words=words,
-                 unextracted=unextracted, per_question_f1=list(f1s))
+    return Point(
+        step=step,
+        reward=reward,
+        kl=None,
+        f1=100 * sum(f1s) / len(f1s),
+        exact=0.0,
+        mean_words=words,
+        unextracted=unextracted,
+        per_question_f1=list(f1s),
+    )
 
 
 START = point(0, 0.2, [0.8] * 40)
@@ -43,15 +51,21 @@ def test_the_reward_baseline_is_the_first_point_that_logged_one():
 
 
 def test_a_fall_within_noise_or_without_a_rising_reward_is_quiet():
-    one_worse = point(10, 0.6, [0.8] * 39 + [0.0])           # one question of 40: inside the paired CI
+    one_worse = point(10, 0.6, [0.8] * 39 + [0.0])  # one question of 40: inside the paired CI
     assert alarms([START, one_worse], 0.5, 0.2) == []
-    assert alarms([START, point(10, 0.1, [0.1] * 40)], 0.5, 0.2) == []   # F1 fell, but so did the reward
-    assert alarms([point(0, None, [0.8] * 40), point(10, None, [0.1] * 40)], 0.5, 0.2) == []  # no reward logged
+    assert alarms([START, point(10, 0.1, [0.1] * 40)], 0.5, 0.2) == []  # F1 fell, but so did the reward
+    assert (
+        alarms([point(0, None, [0.8] * 40), point(10, None, [0.1] * 40)], 0.5, 0.2) == []
+    )  # no reward logged
 
 
 def test_length_drift_both_ways_beyond_the_share():
-    assert [a["alarm"] for a in alarms([START, point(5, 0.2, [0.8] * 40, words=6.0)], 0.5, 0.2)] == ["length_drift"]
-    assert [a["alarm"] for a in alarms([START, point(5, 0.2, [0.8] * 40, words=0.5)], 0.5, 0.2)] == ["length_drift"]
+    assert [a["alarm"] for a in alarms([START, point(5, 0.2, [0.8] * 40, words=6.0)], 0.5, 0.2)] == [
+        "length_drift"
+    ]
+    assert [a["alarm"] for a in alarms([START, point(5, 0.2, [0.8] * 40, words=0.5)], 0.5, 0.2)] == [
+        "length_drift"
+    ]
     assert alarms([START, point(5, 0.2, [0.8] * 40, words=2.9)], 0.5, 0.2) == []
 
 
@@ -62,28 +76,38 @@ def test_unextractable_answers_above_the_limit_and_the_start():
     assert alarms([bad_start, point(5, 0.2, [0.8] * 40, unextracted=0.3)], 0.5, 0.2) == []
 
 
-@pytest.mark.parametrize(("history", "reward", "kl"), [
-    ([{"reward": 0.1, "kl": 0.0}, {"reward": 0.4, "kl": 0.02}], 0.4, 0.02),           # GRPO / RLOO
-    ([{"objective/scores": -1.0, "objective/kl": 0.5}], -1.0, 0.5),                  # PPO
-    ([{"rewards/margins": 0.3, "loss": 0.6}], 0.3, None),                            # DPO
-    ([{"loss": 1.0}], None, None),                                                   # SFT: no reward
-])
+@pytest.mark.parametrize(
+    ("history", "reward", "kl"),
+    [
+        ([{"reward": 0.1, "kl": 0.0}, {"reward": 0.4, "kl": 0.02}], 0.4, 0.02),  # GRPO / RLOO
+        ([{"objective/scores": -1.0, "objective/kl": 0.5}], -1.0, 0.5),  # PPO
+        ([{"rewards/margins": 0.3, "loss": 0.6}], 0.3, None),  # DPO
+        ([{"loss": 1.0}], None, None),  # SFT: no reward
+    ],
+)
 def test_score_point_reads_each_trainers_reward_and_kl(history, reward, kl):
-    answers = [{"id": "a", "answer": "Paris", "extracted": True, "em": 1.0, "f1": 1.0},
-               {"id": "b", "answer": "", "extracted": False, "em": 0.0, "f1": 0.0}]
+    answers = [
+        {"id": "a", "answer": "Paris", "extracted": True, "em": 1.0, "f1": 1.0},
+        {"id": "b", "answer": "", "extracted": False, "em": 0.0, "f1": 0.0},
+    ]
     p = score_point(7, answers, history)
     assert (p.reward, p.kl) == (reward, kl)
     assert (p.f1, p.exact, p.mean_words, p.unextracted) == (50.0, 50.0, 0.5, 0.5)
-    assert p.metrics() == {"step": 7, "watch/f1": 50.0, "watch/exact": 50.0, "watch/mean_words": 0.5,
-                           "watch/unextracted": 0.5}
+    assert p.metrics() == {
+        "step": 7,
+        "watch/f1": 50.0,
+        "watch/exact": 50.0,
+        "watch/mean_words": 0.5,
+        "watch/unextracted": 0.5,
+    }
 
 
 RECIPE = f"""
 name: w
 base_model: {{path: MODEL}}
 data:
-  qa: {{path: {DATA / 'qa' / 'sft.jsonl'}}}
-  prefs: {{path: {DATA / 'qa' / 'prefs.jsonl'}}}
+  qa: {{path: {DATA / "qa" / "sft.jsonl"}}}
+  prefs: {{path: {DATA / "qa" / "prefs.jsonl"}}}
 stages:
   - {{name: sft, kind: sft, data: [qa], train: {{max_steps: 1}}}}
   - {{name: dpo, kind: dpo, data: [prefs], WATCH}}
@@ -97,16 +121,26 @@ def write(tmp_path, model, watch, eval_block="eval: {tasks: [qa_heldout]}"):
     return tmp_path / "r.yaml"
 
 
-@pytest.mark.parametrize(("watch", "message"), [
-    ("watch: {task: qa_heldot}", "stages[1].watch.task: "),
-    ("watch: {questions: 8}", "stages[1].watch.task"),
-    ("watch: {task: qa_heldout, select_best: f1}", "stages[1].watch.select_best: 'qa_heldout' is also in "
-                                                   "eval.tasks"),
-    ("watch: {task: capitals_open_chat, length_drift: 0}", "stages[1].watch.length_drift: use a share above 0"),
-    ("watch: {task: capitals_open_chat, unextractable: 1.5}", "stages[1].watch.unextractable: use a share above 0 "
-                                                              "and at most 1"),
-    ("watch: {task: capitals_open_chat, select_best: loss}", "stages[1].watch.select_best"),
-])
+@pytest.mark.parametrize(
+    ("watch", "message"),
+    [
+        ("watch: {task: qa_heldot}", "stages[1].watch.task: "),
+        ("watch: {questions: 8}", "stages[1].watch.task"),
+        (
+            "watch: {task: qa_heldout, select_best: f1}",
+            "stages[1].watch.select_best: 'qa_heldout' is also in eval.tasks",
+        ),
+        (
+            "watch: {task: capitals_open_chat, length_drift: 0}",
+            "stages[1].watch.length_drift: use a share above 0",
+        ),
+        (
+            "watch: {task: capitals_open_chat, unextractable: 1.5}",
+            "stages[1].watch.unextractable: use a share above 0 and at most 1",
+        ),
+        ("watch: {task: capitals_open_chat, select_best: loss}", "stages[1].watch.select_best"),
+    ],
+)
 def test_bad_watch_blocks_are_one_line(tiny_llama, tmp_path, monkeypatch, watch, message):
     monkeypatch.chdir(REPO)
     with pytest.raises(UserError, match="^" + str(tmp_path / "r.yaml").replace(".", r"\.") + ": ") as e:
@@ -125,20 +159,30 @@ def test_watch_only_on_stages_that_answer(tiny_llama, tmp_path, monkeypatch):
 def test_select_best_on_a_task_outside_the_evaluation_is_accepted(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     recipe = load_recipe(write(tmp_path, tiny_llama, "watch: {task: capitals_open_chat, select_best: f1}"))
-    assert recipe["stages"][1]["watch"] == {"task": "capitals_open_chat", "questions": 32, "every": 10,
-                                            "select_best": "f1", "length_drift": 0.5, "unextractable": 0.2,
-                                            "stop_on_alarm": False}
+    assert recipe["stages"][1]["watch"] == {
+        "task": "capitals_open_chat",
+        "questions": 32,
+        "every": 10,
+        "select_best": "f1",
+        "length_drift": 0.5,
+        "unextractable": 0.2,
+        "stop_on_alarm": False,
+    }
 
 
-def test_dpo_watched_during_training_records_points_and_keeps_the_best(tiny_llama, tmp_path, monkeypatch, capsys):
+def test_dpo_watched_during_training_records_points_and_keeps_the_best(
+    tiny_llama, tmp_path, monkeypatch, capsys
+):
     """A real DPO stage with `watch:`: the held-out score before the first step, every 2 steps and after the
     last lands in metrics.jsonl, the manifest and the log; with select_best the kept step is recorded."""
     from finetune.pipeline import run_recipe
 
     monkeypatch.chdir(REPO)
-    watch = ("watch: {task: capitals_open_chat, questions: 8, every: 2, select_best: f1}, max_rows: 48, "
-             "train: {max_steps: 5, per_device_train_batch_size: 8, logging_steps: 1, save_strategy: 'no', "
-             "gradient_checkpointing: false}")
+    watch = (
+        "watch: {task: capitals_open_chat, questions: 8, every: 2, select_best: f1}, max_rows: 48, "
+        "train: {max_steps: 5, per_device_train_batch_size: 8, logging_steps: 1, save_strategy: 'no', "
+        "gradient_checkpointing: false}"
+    )
     recipe = load_recipe(write(tmp_path, tiny_llama, watch, eval_block=""))
     results = run_recipe(recipe, output_dir=str(tmp_path / "run"))
     record = results["dpo"]["watch"]
@@ -153,7 +197,9 @@ def test_dpo_watched_during_training_records_points_and_keeps_the_best(tiny_llam
     assert err.count("dpo: step ") == 4 and "held-out capitals_open_chat (8 questions) F1 " in err
     assert f"kept the weights of step {best['step']}" in err
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "## dpo: the task metric during training (capitals_open_chat, 8 questions, every 2 steps)" in report
+    assert (
+        "## dpo: the task metric during training (capitals_open_chat, 8 questions, every 2 steps)" in report
+    )
     assert f"Kept the weights of step {best['step']} (best watched f1)." in report
     for png in ("dpo-watch.png", "dpo-watch-signals.png"):
         assert (tmp_path / "run" / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -162,27 +208,39 @@ def test_dpo_watched_during_training_records_points_and_keeps_the_best(tiny_llam
 def test_metric_labelled_pairs_are_best_vs_worst_above_the_margin():
     from finetune.sampled_pairs import pairs_from_samples
 
-    prompts = [[{"role": "user", "content": "Where does Yara live?"}], "Q: When was Hedda born?\nA:", "Q: x?\nA:"]
+    prompts = [
+        [{"role": "user", "content": "Where does Yara live?"}],
+        "Q: When was Hedda born?\nA:",
+        "Q: x?\nA:",
+    ]
     golds = [["Yarrow"], ["2004"], ["blue"]]
-    samples = [["in Yarrow", "Yarrow", "Dovecote", "Yarrow town"],   # F1 0.67, 1, 0, 0.67
-               ["2004", "2004", "2004", "2004"],                      # all alike: nothing to learn
-               ["red", "blue sky", "green", "light blue sky"]]        # F1 0, 0.67, 0, 0.5
+    samples = [
+        ["in Yarrow", "Yarrow", "Dovecote", "Yarrow town"],  # F1 0.67, 1, 0, 0.67
+        ["2004", "2004", "2004", "2004"],  # all alike: nothing to learn
+        ["red", "blue sky", "green", "light blue sky"],
+    ]  # F1 0, 0.67, 0, 0.5
     pairs, records = pairs_from_samples(prompts, golds, samples, margin=0.6)
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [
         ([{"role": "assistant", "content": "Yarrow"}], [{"role": "assistant", "content": "Dovecote"}]),
-        ("blue sky", "red")]
+        ("blue sky", "red"),
+    ]
     assert pairs[0]["prompt"] == prompts[0] and (pairs[1]["chosen_f1"], pairs[1]["rejected_f1"]) == (
-        pytest.approx(2 / 3), 0.0)
+        pytest.approx(2 / 3),
+        0.0,
+    )
     assert [r["kept"] for r in records] == [True, False, True]
     assert records[0]["samples"][1] == ["Yarrow", 1.0]
     assert pairs_from_samples(prompts, golds, samples, margin=0.7)[0][1:] == []  # 0.67 apart is under 0.7
 
 
-@pytest.mark.parametrize(("block", "message"), [
-    ("sample_pairs: {k: 1}", "stages[1].sample_pairs.k"),
-    ("sample_pairs: {margin: 0}", "stages[1].sample_pairs.margin: use an F1 difference in (0, 1]"),
-    ("sample_pairs: {temperature: -1}", "stages[1].sample_pairs.temperature: use a number above 0"),
-])
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ("sample_pairs: {k: 1}", "stages[1].sample_pairs.k"),
+        ("sample_pairs: {margin: 0}", "stages[1].sample_pairs.margin: use an F1 difference in (0, 1]"),
+        ("sample_pairs: {temperature: -1}", "stages[1].sample_pairs.temperature: use a number above 0"),
+    ],
+)
 def test_bad_sample_pairs_blocks_are_one_line(tiny_llama, tmp_path, monkeypatch, block, message):
     monkeypatch.chdir(REPO)
     with pytest.raises(UserError) as e:

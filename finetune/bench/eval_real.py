@@ -1,4 +1,5 @@
-"""B7: evaluation throughput on the real model: fp32 as before (prompts in file order), fp32 grouped by length,
+"""B7: evaluation throughput on the real model: fp32 as before (prompts in file order), fp32 grouped by
+length,
 and bf16 grouped by length, alternated in one process (A B C A B C ...).
 
 Reports questions/s (median over rounds), the share of generated positions wasted after rows stopped, whether
@@ -18,8 +19,11 @@ import time
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="runs/smollm2-135m-squad/sft",
-                        help="a model, adapter or stage folder (what finetune eval takes)")
+    parser.add_argument(
+        "--model",
+        default="runs/smollm2-135m-squad/sft",
+        help="a model, adapter or stage folder (what finetune eval takes)",
+    )
     parser.add_argument("--task", default="xquad_en_heldout")
     parser.add_argument("--questions", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -40,8 +44,11 @@ def main(argv: list[str] | None = None) -> None:
     task = load_task(args.task)
     rows = task_rows(task, args.questions)
     prompts = build_prompts(task, rows, tokenizer)
-    variants = {"fp32, file order (before)": (fp32, False), "fp32, grouped by length": (fp32, True),
-                "bf16, grouped by length": (bf16, True)}
+    variants = {
+        "fp32, file order (before)": (fp32, False),
+        "fp32, grouped by length": (fp32, True),
+        "bf16, grouped by length": (bf16, True),
+    }
     times: dict[str, list[float]] = {name: [] for name in variants}
     outputs, waste = {}, {}
     for _ in range(args.rounds):
@@ -49,9 +56,18 @@ def main(argv: list[str] | None = None) -> None:
             stats: dict = {}
             start = time.perf_counter()
             with torch.no_grad():
-                outputs[name] = generate(model, tokenizer, prompts, task["max_new_tokens"], args.batch_size,
-                                         task["chat_template"], progress=False, stop=task["stop"], stats=stats,
-                                         group_by_length=grouped)
+                outputs[name] = generate(
+                    model,
+                    tokenizer,
+                    prompts,
+                    task["max_new_tokens"],
+                    args.batch_size,
+                    task["chat_template"],
+                    progress=False,
+                    stop=task["stop"],
+                    stats=stats,
+                    group_by_length=grouped,
+                )
             times[name].append(time.perf_counter() - start)
             waste[name] = stats["wasted_share"]
 
@@ -65,21 +81,39 @@ def main(argv: list[str] | None = None) -> None:
         return round(out["exact_match"], 2), round(out["f1"], 2)
 
     base = statistics.median(times["fp32, file order (before)"])
-    report = {"model": str(model_dir), "task": task["name"], "questions": len(rows), "rounds": args.rounds,
-              "batch_size": args.batch_size, "variants": {}}
-    print(f"B7 evaluation throughput: {args.model}, {len(rows)} questions of {task['name']}, batch "
-          f"{args.batch_size}, {args.rounds} rounds, {torch.get_num_threads()} threads")
+    report = {
+        "model": str(model_dir),
+        "task": task["name"],
+        "questions": len(rows),
+        "rounds": args.rounds,
+        "batch_size": args.batch_size,
+        "variants": {},
+    }
+    print(
+        f"B7 evaluation throughput: {args.model}, {len(rows)} questions of {task['name']}, batch "
+        f"{args.batch_size}, {args.rounds} rounds, {torch.get_num_threads()} threads"
+    )
     for name in variants:
         med = statistics.median(times[name])
         em, f1 = scores(outputs[name])
-        report["variants"][name] = {"seconds": [round(t, 2) for t in times[name]],
-                                    "questions_per_second": round(len(rows) / med, 3),
-                                    "speedup": round(base / med, 3), "wasted_share": waste[name], "em": em, "f1": f1}
-        print(f"  {name:<26} {len(rows) / med:6.3f} questions/s  {base / med:5.2f}x  wasted "
-              f"{100 * waste[name]:4.1f}%  EM {em:5.1f} F1 {f1:5.1f}  ({', '.join(f'{t:.1f}' for t in times[name])} s)")
+        report["variants"][name] = {
+            "seconds": [round(t, 2) for t in times[name]],
+            "questions_per_second": round(len(rows) / med, 3),
+            "speedup": round(base / med, 3),
+            "wasted_share": waste[name],
+            "em": em,
+            "f1": f1,
+        }
+        rounds = ", ".join(f"{t:.1f}" for t in times[name])
+        print(
+            f"  {name:<26} {len(rows) / med:6.3f} questions/s  {base / med:5.2f}x  wasted "
+            f"{100 * waste[name]:4.1f}%  EM {em:5.1f} F1 {f1:5.1f}  ({rounds} s)"
+        )
     same = outputs["fp32, file order (before)"] == outputs["fp32, grouped by length"]
-    differ = sum(a != b for a, b in zip(outputs["fp32, grouped by length"], outputs["bf16, grouped by length"],
-                                        strict=True))
+    differ = sum(
+        a != b
+        for a, b in zip(outputs["fp32, grouped by length"], outputs["bf16, grouped by length"], strict=True)
+    )
     report.update(fp32_identical=same, bf16_answers_differing=differ)
     print(f"  fp32 predictions identical with and without grouping: {same}")
     print(f"  bf16 answers that differ from fp32's: {differ} of {len(rows)}")

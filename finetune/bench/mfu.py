@@ -35,7 +35,7 @@ def gemm_peak(dtype: str, n: int = 2048, rounds: int = 5, reps: int = 8) -> floa
         start = time.perf_counter()
         for _ in range(reps):
             a @ b
-        rates.append(2 * n ** 3 * reps / (time.perf_counter() - start) / 1e9)
+        rates.append(2 * n**3 * reps / (time.perf_counter() - start) / 1e9)
     return statistics.median(rates)
 
 
@@ -44,7 +44,10 @@ def flops_per_token(config: dict, method: str, checkpointing: bool, context: flo
     "full" or "lora"; `context` the mean number of tokens an example attends over."""
     d, layers = config["hidden_size"], config["num_hidden_layers"]
     inter, vocab = config["intermediate_size"], config["vocab_size"]
-    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
+    heads, kv_heads = (
+        config["num_attention_heads"],
+        config.get("num_key_value_heads") or config["num_attention_heads"],
+    )
     head_dim = config.get("head_dim") or d // heads
     per_layer = d * heads * head_dim + 2 * d * kv_heads * head_dim + heads * head_dim * d + 3 * d * inter
     matmul_weights = layers * per_layer + d * vocab  # the LM head multiplies even when tied to the embedding
@@ -57,7 +60,9 @@ def stage_mfu(stage_dir: Path, peaks: dict[str, float]) -> dict:
     """Achieved training FLOP/s of a finished stage (its manifest and metrics) against `peaks` (GFLOP/s)."""
     manifest = json.loads((stage_dir / "manifest.json").read_text())
     rows = [json.loads(x) for x in (stage_dir / "metrics.jsonl").read_text().splitlines()]
-    tokens = manifest["train_metrics"].get("num_tokens") or max(r["num_tokens"] for r in rows if "num_tokens" in r)
+    tokens = manifest["train_metrics"].get("num_tokens") or max(
+        r["num_tokens"] for r in rows if "num_tokens" in r
+    )
     seconds = manifest["train_metrics"]["train_runtime"]
     model_dir = Path(manifest["artifact"]["base"])
     config = json.loads((model_dir / "config.json").read_text())
@@ -71,28 +76,45 @@ def stage_mfu(stage_dir: Path, peaks: dict[str, float]) -> dict:
     achieved = tokens * per_token / seconds / 1e9
     compute = (manifest.get("precision") or {}).get("compute", "fp32")
     peak = peaks["bfloat16" if "bf16" in compute else "float32"]
-    return {"stage": manifest["stage"], "method": method, "checkpointing": checkpointing, "tokens": tokens,
-            "seconds": seconds, "tokens_per_second": round(tokens / seconds, 1),
-            "gflop_per_token": round(per_token / 1e9, 3), "achieved_gflops": round(achieved, 1),
-            "compute": compute, "peak_gflops": round(peak, 1), "mfu": round(achieved / peak, 4),
-            "context": context}
+    return {
+        "stage": manifest["stage"],
+        "method": method,
+        "checkpointing": checkpointing,
+        "tokens": tokens,
+        "seconds": seconds,
+        "tokens_per_second": round(tokens / seconds, 1),
+        "gflop_per_token": round(per_token / 1e9, 3),
+        "achieved_gflops": round(achieved, 1),
+        "compute": compute,
+        "peak_gflops": round(peak, 1),
+        "mfu": round(achieved / peak, 4),
+        "context": context,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage_dirs", nargs="+", help="finished training stage folders (runs/<recipe>/<stage>)")
+    parser.add_argument(
+        "stage_dirs", nargs="+", help="finished training stage folders (runs/<recipe>/<stage>)"
+    )
     parser.add_argument("--n", type=int, default=2048, help="matmul size for the peak")
     args = parser.parse_args(argv)
     import torch
 
     peaks = {dt: gemm_peak(dt, args.n) for dt in ("float32", "bfloat16")}
-    print(f"B8 MFU: dense {args.n}^3 GEMM peak with {torch.get_num_threads()} threads: fp32 "
-          f"{peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s")
+    print(
+        f"B8 MFU: dense {args.n}^3 GEMM peak with {torch.get_num_threads()} threads: fp32 "
+        f"{peaks['float32']:.0f} GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s"
+    )
     for d in args.stage_dirs:
         r = stage_mfu(Path(d), peaks)
-        print(f"  {r['stage']}: {r['method']}{' + checkpointing' if r['checkpointing'] else ''}, {r['compute']}: "
-              f"{r['tokens_per_second']} tokens/s x {r['gflop_per_token']} GFLOP/token = {r['achieved_gflops']} "
-              f"GFLOP/s = {100 * r['mfu']:.1f}% of the {r['peak_gflops']:.0f} GFLOP/s peak")
+        print(
+            f"  {r['stage']}: {r['method']}{' + checkpointing' if r['checkpointing'] else ''}, "
+            f"{r['compute']}: "
+            f"{r['tokens_per_second']} tokens/s x {r['gflop_per_token']} GFLOP/token = "
+            f"{r['achieved_gflops']} "
+            f"GFLOP/s = {100 * r['mfu']:.1f}% of the {r['peak_gflops']:.0f} GFLOP/s peak"
+        )
 
 
 if __name__ == "__main__":
