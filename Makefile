@@ -25,7 +25,7 @@ else
 LAUNCH := $(BIN)/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NUM_PROCESSES) -m finetune.targets
 endif
 
-.PHONY: help install test demo demo-spread lint tiny vocab smollm2-135m-model smollm2-135m-student clean bench bench-eval recipes
+.PHONY: help install test demo demo-spread lint tiny vocab smollm2-135m-model smollm2-135m-student clean bench bench-eval bench-real recipes
 
 help:
 	@echo "make install   venv + pinned dependencies (torch first, then the package, editable)"
@@ -34,6 +34,7 @@ help:
 	@echo "make demo-spread  the demo over 5 seeds x 2 CPU kernel paths: min/median/max per target (~17 min)"
 	@echo "make lint      ruff"
 	@echo "make bench     benchmarks B1-B5 on CPU (about 25 min on a 2-core machine; --quick: 5 min)"
+	@echo "make bench-real  B7 evaluation throughput and B8 MFU on the real model (after make smollm2-135m-squad)"
 	@echo "make recipes   list every recipe target; make <recipe> runs it, make <recipe>-<stage> one stage"
 	@echo "make tiny      build the tiny Llama and Qwen2 models (and the demo's student) under models/"
 	@echo "make vocab     real Llama 3 and Qwen2 tokenizers (GGUF vocabularies from the llama-cpp-python sdist)"
@@ -98,6 +99,12 @@ bench: $(STAMP) $(TINY)
 
 bench-eval: $(STAMP) $(TINY)
 	$(BIN)/python eval/bench_generation.py --rounds 5
+
+# B7 and B8 read the run of `make smollm2-135m-squad` (its SFT stage); about 10 minutes on 2 cores.
+REAL_RUN ?= runs/smollm2-135m-squad
+bench-real: $(STAMP)
+	$(BIN)/python -m finetune.bench.mfu $(REAL_RUN)/sft
+	$(BIN)/python -m finetune.bench.eval_real --model $(REAL_RUN)/sft --questions 96 --rounds 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
