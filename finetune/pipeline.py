@@ -262,7 +262,7 @@ def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
             identity = mf.inputs_fingerprint(student=_folder_identity(str(model_dir)), base=recipe["base_model"])
         cached = {t["name"]: mf.read_json(out_root / label / t["name"] / "results.json") for t in tasks}
         if all(c and c.get("model_fingerprint") == identity and c.get("task_sha256") == t["sha256"]
-               and c.get("dtype_choice") == choice for t, c in zip(tasks, cached.values(), strict=True)):
+               and c.get("dtype_choice", "as loaded") == choice for t, c in zip(tasks, cached.values(), strict=True)):
             table[label] = cached
             log(f"eval {label}: results up to date, skipped")
             continue

@@ -99,7 +99,20 @@ def training(train: dict, hw: Hardware) -> Precision:
 
 def of_args(args, hw: Hardware) -> Precision:
     """The precision TrainingArguments `args` compute in, with the hardware's reason when they are what
-    `training` would choose unasked, else "set by the recipe"."""
+    `training` would choose unasked, else "set by the recipe".
+
+    TRL's PPOTrainer (trl.experimental.ppo) builds its own Accelerator without the config's mixed precision:
+    it computes in what `accelerate launch` set (ACCELERATE_MIXED_PRECISION), fp32 otherwise, whatever
+    `bf16`/`fp16` say; that is what is reported for a PPOConfig.
+    """
+    if type(args).__name__ == "PPOConfig":
+        mixed = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+        return Precision(
+            mixed == "bf16",
+            mixed == "fp16",
+            "TRL's PPOTrainer takes its precision from accelerate's "
+            f"launch config (ACCELERATE_MIXED_PRECISION={mixed}), not from bf16/fp16",
+        )
     default = training({}, hw)
     if (bool(args.bf16), bool(args.fp16)) == (default.bf16, default.fp16):
         return default

@@ -306,6 +306,9 @@ def _check_watch(stage: dict, eval_cfg: dict | None, key: str, file: str) -> Non
         task = check_task(watch["task"])
     except UserError as e:
         raise UserError(f"{file}: {key}.watch.task: {e}") from None
+    if watch["stop_on_alarm"] and stage["kind"] == "ppo":
+        raise UserError(f"{file}: {key}.watch.stop_on_alarm: TRL's PPOTrainer runs its loop to the end whatever a "
+                        f"callback asks; the alarms are still logged and recorded. Drop stop_on_alarm")
     for option, top in (("length_drift", None), ("unextractable", 1)):
         value = watch[option]
         if not math.isfinite(value) or value <= 0 or (top is not None and value > top):
@@ -333,6 +336,9 @@ def _check_sample_pairs(stage: dict, key: str, file: str) -> None:
         return
     if stage["kind"] != "dpo":
         raise UserError(f"{file}: {key}.sample_pairs: only dpo stages build pairs from sampled answers")
+    if stage["eval_split"]:
+        raise UserError(f"{file}: {key}.eval_split: a stage with sample_pairs has no held-out pairs (they are "
+                        f"sampled from the training prompts); drop eval_split, or watch a task (watch:)")
     if not math.isfinite(cfg["margin"]) or not 0 < cfg["margin"] <= 1:
         raise UserError(f"{file}: {key}.sample_pairs.margin: use an F1 difference in (0, 1], got {cfg['margin']!r}")
     if not math.isfinite(cfg["temperature"]) or cfg["temperature"] <= 0:

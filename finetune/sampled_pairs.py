@@ -31,13 +31,30 @@ def sample(
     """`k` sampled answers (text before the first newline, stripped) for each prompt (chat turns or text).
 
     Left-padded batches through `model.generate(do_sample=True, num_return_sequences=k)`; seeded with
-    `seed`, so a rerun on the same machine samples the same answers. Side effect: padding_side = "left".
+    `seed`, so a rerun on the same machine samples the same answers (and every rank of a CPU job the same).
+    The tokenizer's padding side is restored afterwards.
     """
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        return _sample(model, tokenizer, prompts, k, max_new_tokens, temperature, seed, batch_size)
+    finally:
+        tokenizer.padding_side = side
+
+
+def _sample(
+    model,
+    tokenizer,
+    prompts: list,
+    k: int,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    batch_size: int,
+) -> list[list[str]]:
     import torch
 
     from finetune.evaluation import stop_token_ids
 
-    tokenizer.padding_side = "left"
     eos = stop_token_ids(model, tokenizer)
     torch.manual_seed(seed)
     out: list[list[str]] = []
@@ -127,17 +144,21 @@ def build(model, tokenizer, prompt_rows, cfg: dict, seed: int, stage_name: str, 
             f"stage {stage_name}: sample_pairs scores answers against gold answers: the prompt data "
             f"needs an `answers` column (a list of texts)"
         )
-    prompts, golds = list(prompt_rows["prompt"]), [list(a or []) for a in prompt_rows["answers"]]
+    prompts = list(prompt_rows["prompt"])
+    golds = [[a] if isinstance(a, str) else list(a or []) for a in prompt_rows["answers"]]
     log(
         f"sampling {cfg['k']} answers for each of {len(prompts)} prompts from the starting policy "
         f"(temperature {cfg['temperature']}, up to {cfg['max_new_tokens']} tokens)"
     )
     samples = sample(model, tokenizer, prompts, cfg["k"], cfg["max_new_tokens"], cfg["temperature"], seed)
     pairs, records = pairs_from_samples(prompts, golds, samples, cfg["margin"])
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with out_path.open("w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps({**rec, "golds": golds[rec["row"]]}, ensure_ascii=False) + "\n")
+    from finetune.ranks import is_main
+
+    if is_main():
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with out_path.open("w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps({**rec, "golds": golds[rec["row"]]}, ensure_ascii=False) + "\n")
     n = len(prompts)
     summary = {
         "prompts": n,

@@ -127,7 +127,7 @@ WATCH = Section({
     "unextractable": Key((int, float), 0.2, "alarm when more than this share of answers cannot be extracted "
                                             "(and more than at the start)"),
     "stop_on_alarm": Key((bool,), False, "stop training at the first alarm (the model so far is kept)"),
-}, "ppo/dpo/rloo/grpo/kto: EM/F1 on held-out questions during training, beside reward, KL and length; "
+}, "policy stages (sft, dpo, ppo, rloo, grpo, kto, distill): EM/F1 on held-out questions during training, beside reward, KL and length; "
    "alarms when reward rises while F1 falls, lengths drift or answers stop being extractable", default=None)
 
 SAMPLE_PAIRS = Section({

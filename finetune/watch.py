@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainerCallback
 
+from finetune.errors import UserError
+
 # Where each trainer logs its reward and KL (the first key present wins).
 REWARD_KEYS = ("reward", "objective/scores", "rewards/margins", "objective/rlhf_reward")
 KL_KEYS = ("kl", "objective/kl")
@@ -142,12 +144,27 @@ class TaskMetricCallback(TrainerCallback):
         self.cfg, self.stage_name, self.tokenizer, self.batch_size = cfg, stage_name, tokenizer, batch_size
         self.task = load_task(cfg["task"])
         self.rows = task_rows(self.task, cfg["questions"])
+        if not self.rows:
+            raise UserError(
+                f"stage {stage_name}: watch.task {self.task['name']}: {self.task['data']} has no questions"
+            )
         self.trainer = None
+        self.due: int | None = (
+            None  # a watch step waiting for its step's log (HF Trainer logs after on_step_end)
+        )
         self.points: list[Point] = []
         self.alarms: list[dict] = []
         self.best: tuple[float, int, dict] | None = None  # (score, step, trainable tensors)
 
     def bind(self, trainer):
+        """Attach to `trainer`. Raises UserError under FSDP or DeepSpeed ZeRO-3, where the unwrapped policy
+        holds only this rank's shard of the weights and cannot generate on its own."""
+        plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+        if getattr(trainer, "is_fsdp_enabled", False) or (plugin is not None and plugin.zero_stage == 3):
+            raise UserError(
+                f"stage {self.stage_name}: watch: the policy is sharded (FSDP or DeepSpeed ZeRO-3) and "
+                f"cannot answer questions between steps; drop watch: or train with DDP / ZeRO-2"
+            )
         self.trainer = trainer
         return self
 
@@ -174,7 +191,10 @@ class TaskMetricCallback(TrainerCallback):
             model.train(was_training)
         point = score_point(state.global_step, answers, state.log_history)
         self.points.append(point)
-        state.log_history.append(point.metrics())
+        if not any(
+            "watch/f1" in e and e.get("step") == point.step for e in state.log_history
+        ):  # not on resume
+            state.log_history.append(point.metrics())
         log(
             f"{self.stage_name}: step {point.step}: held-out {self.task['name']} "
             f"({len(self.rows)} questions) "
@@ -213,10 +233,30 @@ class TaskMetricCallback(TrainerCallback):
         return self.best[1]
 
     def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step > 0:
+            from finetune.ranks import log
+
+            log(
+                f"warning: {self.stage_name}: watch: resumed at step {state.global_step}; the alarms and "
+                f"select_best compare from here, not from the policy the stage started with"
+            )
         self._score(state, control)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.cfg["every"] == 0:
+        if state.global_step % self.cfg["every"]:
+            return
+        logged_now = any(
+            e.get("step") == state.global_step and "watch/f1" not in e for e in state.log_history
+        )
+        if logged_now:  # TRL's PPOTrainer logs a step's metrics before on_step_end
+            self._score(state, control)
+        else:  # transformers' Trainer logs after it: log this step, and score once its reward is in
+            control.should_log = True
+            self.due = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.due is not None and self.due == state.global_step:
+            self.due = None
             self._score(state, control)
 
     def on_train_end(self, args, state, control, **kwargs):

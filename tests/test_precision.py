@@ -107,3 +107,20 @@ def test_detect_follows_the_kernel_path_variables():
     native, reason = json.loads(out.stdout.strip().splitlines()[-1])
     assert native is False
     assert "emulated" in reason
+
+
+def test_ppo_reports_what_its_accelerator_computes_in(monkeypatch):
+    """TRL's PPOTrainer builds its Accelerator without the config's mixed precision: whatever bf16 says, it
+    computes in what `accelerate launch` set (fp32 without it), and that is what is logged and recorded."""
+    PPOConfig = type("PPOConfig", (), {"bf16": True, "fp16": False})  # what of_args reads: the class name
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    chosen = precision.of_args(PPOConfig(), NATIVE_CPU)
+    assert (chosen.bf16, chosen.name) == (False, "fp32") and "ACCELERATE_MIXED_PRECISION=no" in chosen.reason
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert precision.of_args(PPOConfig(), AVX2_CPU).name == "bf16 autocast"
+
+
+def test_ppo_defaults_to_bf16_off():
+    from finetune.stages.ppo import PPO_DEFAULTS
+
+    assert PPO_DEFAULTS["bf16"] is False and PPO_DEFAULTS["fp16"] is False

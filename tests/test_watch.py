@@ -248,6 +248,18 @@ def test_bad_sample_pairs_blocks_are_one_line(tiny_llama, tmp_path, monkeypatch,
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_sample_pairs_has_no_eval_split_and_ppo_cannot_stop_on_alarm(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(
+        UserError, match=r"stages\[1\].eval_split: a stage with sample_pairs has no held-out pairs"
+    ):
+        load_recipe(write(tmp_path, tiny_llama, "sample_pairs: {k: 4}, eval_split: 8"))
+    path = write(tmp_path, tiny_llama, "watch: {task: capitals_open_chat, stop_on_alarm: true}")
+    path.write_text(path.read_text().replace("kind: dpo, data: [prefs]", "kind: ppo, data: [prefs]"))
+    with pytest.raises(UserError, match=r"stages\[1\].watch.stop_on_alarm: TRL's PPOTrainer runs its loop"):
+        load_recipe(path)
+
+
 def test_sample_pairs_only_on_dpo(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     path = write(tmp_path, tiny_llama, "sample_pairs: {k: 4}")

@@ -123,8 +123,9 @@ def train(trainer, stage_dir: Path, log, resumable: bool = True):
     result = trainer.train(resume_from_checkpoint=str(resume)) if resume and resumable else trainer.train()
     watcher = watch.of(trainer)
     if watcher and (step := watcher.restore_best()) is not None:
-        log(f"kept the weights of step {step}: the best watched {watcher.cfg['select_best']} "
-            f"(watch.select_best), not the last")
+        last = watcher.points[-1].step
+        log(f"kept the weights of step {step}: the best watched {watcher.cfg['select_best']} (watch.select_best)"
+            + (f", not those of the last step ({last})" if step != last else ", the last step's"))
     return result
 
 

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from finetune.errors import UserError
 from finetune.stages import common
 
 
 def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | None = None):
-    """The stage's DPOConfig (what `run` trains with); UserError for settings TRL rejects."""
+    """The stage's DPOConfig (what `run` trains with); UserError for settings TRL rejects, or for
+    `sample_pairs` on prompt rows without the gold `answers` they are scored against."""
     from trl import DPOConfig
 
+    if stage["sample_pairs"] and "answers" not in data["train"].column_names:
+        raise UserError(f"stage {stage['name']}: sample_pairs scores answers against gold answers: the prompt data "
+                        f"needs an `answers` column (a list of texts)")
     return common.plain_config(DPOConfig, recipe, stage, data, stage_dir)
 
 

@@ -14,7 +14,10 @@ from finetune import modeling
 from finetune.data import stage_data
 from finetune.stages import common
 
-PPO_DEFAULTS = {"stop_token": "eos", "num_sample_generations": 0, "response_length": 32}
+# bf16 off: TRL's PPOTrainer builds its Accelerator without the config's mixed precision (it computes in what
+# `accelerate launch` sets, fp32 otherwise), and with bf16 on it would cast a QLoRA policy's adapter to bf16.
+PPO_DEFAULTS = {"stop_token": "eos", "num_sample_generations": 0, "response_length": 32, "bf16": False,
+                "fp16": False}
 
 
 def tokenize_prompts(prompts, tokenizer, kind: str):
