@@ -36,21 +36,12 @@ def sample(
     """
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        return _sample(model, tokenizer, prompts, k, max_new_tokens, temperature, seed, batch_size)
+        return _sample_batches(model, tokenizer, prompts, k, max_new_tokens, temperature, seed, batch_size)
     finally:
         tokenizer.padding_side = side
 
 
-def _sample(
-    model,
-    tokenizer,
-    prompts: list,
-    k: int,
-    max_new_tokens: int,
-    temperature: float,
-    seed: int,
-    batch_size: int,
-) -> list[list[str]]:
+def _sample_batches(model, tokenizer, prompts, k, max_new_tokens, temperature, seed, batch_size):
     import torch
 
     from finetune.evaluation import stop_token_ids

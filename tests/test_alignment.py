@@ -82,11 +82,16 @@ def grpo_recipe(
             "gradient_checkpointing": False,
         },
     }
-    path = tmp_path / "grpo.yaml"
+    return one_stage_recipe(tmp_path, model, prompts, stage)
+
+
+def one_stage_recipe(tmp_path, model, prompts, stage: dict) -> dict:
+    """A recipe of one `stage` starting from `model`, reading `prompts` (written, then loaded and validated)."""
+    path = tmp_path / f"{stage['name']}.yaml"
     path.write_text(
         yaml.safe_dump(
             {
-                "name": "g",
+                "name": stage["name"],
                 "seed": 3,
                 "base_model": {"path": str(model)},
                 "data": {"prompts": {"path": str(prompts)}},
@@ -162,19 +167,7 @@ def test_metric_labelled_pairs_are_built_and_consumed_by_dpo(readers, tmp_path, 
             "gradient_checkpointing": False,
         },
     }
-    path = tmp_path / "dpo.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "name": "d",
-                "seed": 3,
-                "base_model": {"path": str(model)},
-                "data": {"prompts": {"path": str(prompts)}},
-                "stages": [stage],
-            }
-        )
-    )
-    results = run_recipe(load_recipe(path), output_dir=str(tmp_path / "run"))
+    results = run_recipe(one_stage_recipe(tmp_path, model, prompts, stage), output_dir=str(tmp_path / "run"))
     summary = results["dpo"]["sampled_pairs"]
     samples = [
         json.loads(x) for x in (tmp_path / "run" / "dpo" / "sampled_pairs.jsonl").read_text().splitlines()
