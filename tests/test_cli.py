@@ -217,3 +217,10 @@ def test_run_into_foreign_folder_in_a_subprocess(small_recipe, tmp_path):
     assert "not a finetune run" in one_error_line(res.stderr)
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     assert (foreign / "notes.txt").read_text() == "precious"
+
+
+def test_a_reader_that_closes_the_pipe_gets_no_traceback():
+    """`finetune validate R | head -1`: the second line meets a closed pipe; the command stops quietly."""
+    proc = subprocess.run(f"{sys.executable} -m finetune validate recipes/tiny/lora-sft.yaml | head -c 1",
+                          shell=True, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
