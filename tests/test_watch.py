@@ -266,3 +266,23 @@ def test_sample_pairs_only_on_dpo(tiny_llama, tmp_path, monkeypatch):
     path.write_text(path.read_text().replace("kind: dpo", "kind: kto"))
     with pytest.raises(UserError, match=r"stages\[1\].sample_pairs: only dpo stages build pairs"):
         load_recipe(path)
+
+
+def test_ppo_watched_every_step_pairs_each_point_with_that_steps_reward(tiny_llama, tmp_path, monkeypatch):
+    """TRL's PPOTrainer logs a step before its callbacks' on_step_end: each point carries that step's reward
+    (objective/scores) and KL (objective/kl)."""
+    from finetune.pipeline import run_recipe
+
+    monkeypatch.chdir(REPO)
+    overrides = [f"base_model.path={tiny_llama}", "stages.sft.train.num_train_epochs=1", "data.chat.max_rows=32",
+                 "data.prefs.max_rows=48", "data.prompts.max_rows=16", "stages.reward.train.num_train_epochs=1",
+                 "stages.ppo.train.total_episodes=16", "stages.ppo.train.per_device_train_batch_size=8",
+                 "stages.ppo.train.response_length=8", "eval.tasks=[]",
+                 "stages.ppo.watch={task: capitals_open_chat, questions: 8, every: 1}"]
+    results = run_recipe(load_recipe("recipes/tiny/ppo.yaml", overrides), output_dir=str(tmp_path / "run"))
+    points = results["ppo"]["watch"]["points"]
+    assert [p["step"] for p in points] == [0, 1, 2]
+    history = [json.loads(x) for x in (tmp_path / "run" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    for p in points[1:]:
+        logged = next(h for h in history if h.get("step") == p["step"] and "objective/scores" in h)
+        assert p["reward"] == logged["objective/scores"] and p["kl"] == logged["objective/kl"]
