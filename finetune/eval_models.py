@@ -70,9 +70,7 @@ def evaluate_models(models: list[tuple[str, object, object]], tasks: list[str], 
         log(f"eval {label}: generating in {actual} ({why})")
         for task in specs:
             r = evaluate_task(model, tokenizer, task, out_root / label / task["name"], batch_size, limit,
-                              max_new_tokens)
-            r.update(generation_dtype=actual, dtype_choice=want or "as loaded")
-            write_json_atomic(out_root / label / task["name"] / "results.json", r)
+                              max_new_tokens, extra={"generation_dtype": actual, "dtype_choice": want or "as loaded"})
             results[label][task["name"]] = r
             log(f"eval {label} / {task['name']}: EM {r['exact']:.1f}  F1 {r['f1']:.1f}  ({r['total']} questions)")
     return results

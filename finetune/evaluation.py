@@ -375,8 +375,9 @@ def official_layout(rows: list[dict]) -> list:
 
 
 def evaluate_task(model, tokenizer, task: dict, out_dir: Path | None, batch_size: int = 16,
-                  limit: int | None = None, max_new_tokens: int | None = None) -> dict:
-    """Generate and score one task; writes predictions.jsonl and results.json to out_dir when given."""
+                  limit: int | None = None, max_new_tokens: int | None = None, extra: dict | None = None) -> dict:
+    """Generate and score one task; writes predictions.jsonl and results.json (with `extra`'s fields, e.g.
+    the generation dtype) to out_dir when given."""
     rows = task_rows(task, limit)
     if not rows:
         raise UserError(f"eval task {task['name']}: {task['data']} has no questions")
@@ -397,7 +398,7 @@ def evaluate_task(model, tokenizer, task: dict, out_dir: Path | None, batch_size
                   generation_seconds=round(seconds, 3), questions_per_second=round(len(rows) / seconds, 3),
                   wasted_token_share=work["wasted_share"], task_sha256=task["sha256"],
                   extraction=describe_answer_rule(task["answer"]),
-                  unextracted=sum(a is None for a in extracted.values()))
+                  unextracted=sum(a is None for a in extracted.values()), **(extra or {}))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:

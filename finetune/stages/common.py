@@ -19,9 +19,10 @@ def toolkit_defaults(train: dict, has_eval: bool) -> dict:
     no external loggers."""
     from finetune import precision
 
-    chosen = precision.training(train, precision.detect())
+    hw = precision.detect()
+    chosen = precision.training(train, hw)
     defaults: dict = {"report_to": "none", "save_total_limit": 2, "bf16": chosen.bf16, "fp16": chosen.fp16}
-    if not precision.detect().cuda:
+    if not hw.cuda:
         defaults["dataloader_pin_memory"] = False
         # transformers rebuilds the process state from this flag: without it, ranks launched by
         # `accelerate launch --multi_gpu` on a CPU machine would each train alone instead of as one gloo job.
