@@ -69,6 +69,11 @@ def tiny_mistral(tmp_path_factory) -> Path:
     return build_tiny(tmp_path_factory.mktemp("models") / "tiny-mistral", "mistral", corpus=[DATA], vocab_size=2048)
 
 
+def pytest_addoption(parser):
+    parser.addoption("--update-fingerprints", action="store_true",
+                     help="rewrite tests/fixtures/stage_fingerprints.json (a deliberate fingerprint change only)")
+
+
 def pytest_report_header(config):
     import torch
 
