@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from finetune.errors import UserError, first_line
+from finetune.recipe_types import DataSource, Stage
 
 LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -284,19 +285,27 @@ def fingerprint(*datasets_) -> str:
     return h.hexdigest()
 
 
-def stage_data(recipe: dict, stage: dict, purpose: str = "sft") -> dict:
-    """Load, normalise, mix and split a stage's data. Returns train/eval datasets, kind and a report.
+def stage_data(sources: Mapping[str, DataSource], stage: Stage, seed: int, purpose: str = "sft") -> dict:
+    """Load, normalise, mix and split a stage's data: the `sources` its `stage["data"]` names, shuffled,
+    mixed and split with `seed`.
 
     purpose: "sft" (instruction rows), "pairs" (preference pairs), "unpaired" (KTO's labelled completions) or
     "prompts" (prompts for online RL and distillation).
+
+    Returns {"train": Dataset, "eval": Dataset | None, "kind": the rows' kind (chat, prompt_completion, text,
+    ...), "report": {"sources": {name: rows, kept, dropped, format, kind, path}, "mixture", "train_rows",
+    "eval_rows", "fingerprint"}}.
+
+    Raises UserError naming the source (and row) for unreadable files, unknown formats, rows of the wrong
+    shape, sources that mix kinds, or an eval split that leaves nothing to train on.
     """
     from finetune import preference
 
     parts, report, kinds = {}, {"sources": {}}, {}
     for name, weight in stage["data"].items():
-        src = recipe["data"][name]
+        src = sources[name]
         where = f"{src['path']} (data.{name})"
-        ds = load_source(name, src, recipe["seed"])
+        ds = load_source(name, src, seed)
         if purpose == "sft":
             fmt = detect_format(ds.column_names, src["format"], where)
             norm, dropped = normalise(ds, fmt, where)
@@ -317,8 +326,8 @@ def stage_data(recipe: dict, stage: dict, purpose: str = "sft") -> dict:
     if len(set(kinds.values())) > 1:
         detail = ", ".join(f"{n}={k}" for n, k in kinds.items())
         raise UserError(f"stage {stage['name']}: its data sources mix kinds ({detail}); use one kind per stage")
-    mixed, counts = mix(parts, stage["max_rows"], recipe["seed"])
-    train, evald = split(mixed, stage["eval_split"], recipe["seed"])
+    mixed, counts = mix(parts, stage["max_rows"], seed)
+    train, evald = split(mixed, stage["eval_split"], seed)
     report.update(mixture=counts, train_rows=len(train), eval_rows=len(evald) if evald is not None else 0,
                   fingerprint=fingerprint(train, evald))
     return {"train": train, "eval": evald, "kind": next(iter(kinds.values())), "report": report}

@@ -19,6 +19,7 @@ from finetune import pii
 from finetune.data import iter_strings
 from finetune.errors import UserError, first_line
 from finetune.overlap import EvalIndex, duplicates
+from finetune.recipe_types import DataSource, Recipe, Stage
 from finetune.schema import COLUMN_TARGETS, DATA_AUDIT
 
 PURPOSE = {"sft": "sft", "reward": "pairs", "dpo": "pairs",  # stage kind -> what it reads from a source
@@ -38,10 +39,10 @@ def row_text(row: dict) -> str:
     return "\n".join(s for col in COLUMN_TARGETS if col in row for s in iter_strings(row[col], skip=("role", "from")))
 
 
-def _audited_sources(recipe: dict) -> dict[str, tuple[str, str, list[dict]]]:
+def _audited_sources(stages: list[Stage]) -> dict[str, tuple[str, str, list[Stage]]]:
     """key -> (source, purpose, consuming stages); the key is `source:purpose` when a source serves two."""
-    uses: dict[tuple[str, str], list[dict]] = {}
-    for stage in recipe["stages"]:
+    uses: dict[tuple[str, str], list[Stage]] = {}
+    for stage in stages:
         for name in stage["data"]:
             uses.setdefault((name, purpose(stage)), []).append(stage)
     per_source = Counter(name for name, _ in uses)
@@ -49,13 +50,12 @@ def _audited_sources(recipe: dict) -> dict[str, tuple[str, str, list[dict]]]:
             for (name, purpose), stages in uses.items()}
 
 
-def _load(recipe: dict, name: str, purpose: str):
+def _load(name: str, src: DataSource, seed: int, purpose: str):
     """The loaded rows and their normalised form, through the same normalisers training uses."""
     from finetune import data, preference
 
-    src = recipe["data"][name]
     where = f"{src['path']} (data.{name})"
-    ds = data.load_source(name, src, recipe["seed"])
+    ds = data.load_source(name, src, seed)
     if purpose == "sft":
         fmt = data.detect_format(ds.column_names, src["format"], where)
         norm, dropped = data.normalise(ds, fmt, where)
@@ -132,7 +132,7 @@ def _stats(lengths: list[int]) -> dict:
             "max": s[-1]}
 
 
-def _truncation(stages: list[dict], lengths: list[int]) -> list[dict]:
+def _truncation(stages: list[Stage], lengths: list[int]) -> list[dict]:
     """Share of rows longer than each consuming stage's max_length (or TRL's default when unset)."""
     out = []
     for st in stages:
@@ -209,13 +209,13 @@ def _preference(norm, dropped: dict) -> dict:
             "length_bias": bias, "flag": flag}
 
 
-def _audit_source(recipe: dict, key: str, name: str, purpose: str, stages: list[dict], tok,
+def _audit_source(key: str, name: str, src: DataSource, seed: int, purpose: str, stages: list[Stage], tok,
                   index: EvalIndex, settings: dict, out_dir: Path) -> dict:
     from jinja2 import TemplateError
 
-    ds, norm, dropped, kind, fmt = _load(recipe, name, purpose)
+    ds, norm, dropped, kind, fmt = _load(name, src, seed, purpose)
     texts = [row_text(r) for r in ds]
-    entry = {"source": name, "purpose": purpose, "path": recipe["data"][name]["path"],
+    entry = {"source": name, "purpose": purpose, "path": src["path"],
              "stages": [s["name"] for s in stages], "format": fmt, "kind": kind, "rows": len(ds),
              "kept": len(norm), "dropped": dropped, "empty_rows": sum(not t.strip() for t in texts)}
     skipped = tok if isinstance(tok, str) else None  # the tokenizer could not be loaded
@@ -293,7 +293,7 @@ def _table(report: dict) -> list[str]:
     return lines
 
 
-def audit_recipe(recipe: dict, out_dir: Path, log=print, redact_dir: Path | None = None) -> dict:
+def audit_recipe(recipe: Recipe, out_dir: Path, log=print, redact_dir: Path | None = None) -> dict:
     """Audit every source the recipe's stages use; write out_dir/audit.json and the histograms.
 
     Raises UserError (after writing the report) when a `data_audit:` threshold is exceeded. Runs whatever
@@ -315,9 +315,9 @@ def audit_recipe(recipe: dict, out_dir: Path, log=print, redact_dir: Path | None
     index = EvalIndex((recipe.get("eval") or {}).get("tasks") or [], settings["ngram"])
     report = {"recipe": recipe.get("name"), "ngram": settings["ngram"], "eval_tasks": index.tasks,
               "sources": {}, "warnings": [], "errors": []}
-    for key, (name, purpose, stages) in _audited_sources(recipe).items():
-        e = report["sources"][key] = _audit_source(recipe, key, name, purpose, stages, tok, index, settings,
-                                                   out_dir)
+    for key, (name, purpose, stages) in _audited_sources(recipe["stages"]).items():
+        e = report["sources"][key] = _audit_source(key, name, recipe["data"][name], recipe["seed"], purpose,
+                                                   stages, tok, index, settings, out_dir)
         report["warnings"] += [f"{key}: {w}" for w in (e["tokens"].get("status"), e["duplicates"].get("note"),
                                                         (e.get("preference") or {}).get("flag"),
                                                         (e.get("labels") or {}).get("flag")) if w]
@@ -336,7 +336,7 @@ def audit_recipe(recipe: dict, out_dir: Path, log=print, redact_dir: Path | None
         report["warnings"].append("no redacted copies written: data_audit.pii is off")
     elif redact_dir is not None:
         with_pii = sorted({e["source"] for e in report["sources"].values() if e["pii"].get("total")})
-        report["redacted"] = pii.redact_sources(recipe, with_pii, Path(redact_dir))
+        report["redacted"] = pii.redact_sources(recipe["data"], with_pii, Path(redact_dir), recipe["seed"])
     report["seconds"] = round(time.time() - started, 2)
     write_json_atomic(out_dir / "audit.json", report)
     for line in _table(report) + [f"warning: {w}" for w in report["warnings"]]:

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from finetune.errors import UserError
+from finetune.recipe_types import Recipe
 
 SOURCE_FILE = "gguf_source.json"  # written into every imported folder: which GGUF it came from
 IMPORT_VERSION = 2  # bumped when the imported folder changes; an older import is redone (2: no GGUF quant config)
@@ -113,7 +114,7 @@ def cached_import(path: str, gguf_file: str, log=print) -> tuple[Path, str]:
     return folder, sha256
 
 
-def resolve_recipe(recipe: dict, log=print) -> dict:
+def resolve_recipe(recipe: Recipe, log=print) -> Recipe:
     """The recipe with every GGUF model replaced by its imported folder: a GGUF base model (`base_model.path`
     = the cache folder, `gguf_file` = None) and a distill stage's `.gguf` teacher or student; a recipe
     without GGUF files is returned as it is."""

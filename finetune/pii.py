@@ -13,12 +13,13 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from finetune.data import iter_strings
 from finetune.errors import UserError
+from finetune.recipe_types import DataSource
 
 PLACEHOLDER = {"email": "[EMAIL]", "phone": "[PHONE]", "card": "[CARD]", "key": "[KEY]"}
 
@@ -133,11 +134,10 @@ def redact_value(value):
     return value
 
 
-def _original_rows(recipe: dict, name: str) -> list[dict]:
+def _original_rows(name: str, src: DataSource, seed: int) -> list[dict]:
     """A source's rows as stored: all rows, original columns; JSON read directly (no null-filled fields)."""
     from finetune.data import load_source
 
-    src = recipe["data"][name]
     path = Path(src["path"]).expanduser()
     if path.is_file() and path.suffix in (".json", ".jsonl"):
         text = path.read_text(encoding="utf-8-sig")
@@ -147,12 +147,15 @@ def _original_rows(recipe: dict, name: str) -> list[dict]:
                 return doc
         except json.JSONDecodeError:
             return [json.loads(line) for line in text.splitlines() if line.strip()]
-    return list(load_source(name, {**src, "columns": {}, "max_rows": None}, recipe["seed"]))
+    return list(load_source(name, {**src, "columns": {}, "max_rows": None}, seed))
 
 
-def redact_sources(recipe: dict, names: list[str], redact_dir: Path) -> dict[str, str]:
-    """Redacted copies of the named recipe sources; every target is checked before any is written."""
-    targets = {n: redacted_target(recipe["data"][n]["path"], redact_dir) for n in names}
+def redact_sources(sources: Mapping[str, DataSource], names: list[str], redact_dir: Path,
+                   seed: int) -> dict[str, str]:
+    """Redacted copies of the named recipe sources, as JSON Lines in `redact_dir`; every target is checked
+    before any is written. Returns {source name: the copy's path}. Raises UserError (writing nothing) when
+    a copy already exists or two sources would share a file name."""
+    targets = {n: redacted_target(sources[n]["path"], redact_dir) for n in names}
     for n, target in targets.items():
         if target.exists():
             raise UserError(f"{target}: redacted copy of data.{n} already exists; choose another "
@@ -161,7 +164,7 @@ def redact_sources(recipe: dict, names: list[str], redact_dir: Path) -> dict[str
         raise UserError(f"{redact_dir}: PII sources {', '.join(names)} share file names; redact them into "
                         f"separate folders")
     for n, target in targets.items():
-        write_redacted(_original_rows(recipe, n), target)
+        write_redacted(_original_rows(n, sources[n], seed), target)
     return {n: str(t) for n, t in targets.items()}
 
 

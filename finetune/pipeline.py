@@ -17,6 +17,7 @@ from finetune import gguf_models, runlock
 from finetune import manifest as mf
 from finetune.errors import UserError
 from finetune.ranks import log
+from finetune.recipe_types import Recipe, Shared, Stage
 from finetune.schema import POLICY_KINDS, RUNNABLE_KINDS
 
 
@@ -58,14 +59,18 @@ def _without_unset(section: dict, later: tuple[str, ...]) -> dict:
     return out
 
 
-def stage_inputs(recipe: dict, stage: dict, init: dict) -> dict:
-    """Everything that decides a stage's result; its fingerprint says whether a finished stage is still valid."""
+def stage_inputs(shared: Shared, stage: Stage, init: dict) -> dict:
+    """Everything that decides a stage's result; its fingerprint says whether a finished stage is still valid.
+
+    Returns {"stage", "seed", "base_model", "init", "data": {source name: its settings and file sha256s}} and
+    "base_model_gguf" for a base imported from GGUF. Reads (hashes) every local data file the stage names.
+    """
     inputs = {
-        "stage": _without_unset(stage, LATER_KEYS["stage"]), "seed": recipe["seed"],
-        "base_model": _without_unset(recipe["base_model"], LATER_KEYS["base_model"]), "init": init,
-        "data": {name: _source_identity(recipe["data"][name]) for name in stage["data"]},
+        "stage": _without_unset(stage, LATER_KEYS["stage"]), "seed": shared.seed,
+        "base_model": _without_unset(shared.base_model, LATER_KEYS["base_model"]), "init": init,
+        "data": {name: _source_identity(shared.sources[name]) for name in stage["data"]},
     }
-    gguf = gguf_models.source_of(recipe["base_model"]["path"])
+    gguf = gguf_models.source_of(shared.base_model["path"])
     if gguf:  # a base dequantised from a GGUF: its sha256 identifies the weights (the path alone does not)
         inputs["base_model_gguf"] = gguf
     return inputs
@@ -87,7 +92,7 @@ def _stage_runner(kind: str):
     return _stage_module(kind).run
 
 
-def preflight(recipe: dict) -> None:
+def preflight(recipe: Recipe) -> None:
     """Before the first stage trains, what every stage checks before its own first heavy step: its data is
     read and normalised (bad rows, mixed kinds, an eval split that leaves nothing) and its TRL config is built
     from its `train:` block (settings TRL's config refuses, a `loss:` that does not fit the data, verifiable
@@ -98,13 +103,14 @@ def preflight(recipe: dict) -> None:
     from finetune.data import stage_data
     from finetune.data_audit import purpose
 
+    shared = Shared.of(recipe)
     with tempfile.TemporaryDirectory() as tmp:
         for stage in recipe["stages"]:
-            data = stage_data(recipe, stage, purpose(stage))
-            _stage_module(stage["kind"]).config(recipe, stage, data, Path(tmp) / stage["name"], None)
+            data = stage_data(shared.sources, stage, shared.seed, purpose(stage))
+            _stage_module(stage["kind"]).config(shared, stage, data, Path(tmp) / stage["name"], None)
 
 
-def _init_for(stage: dict, results: dict) -> dict:
+def _init_for(stage: Stage, results: dict) -> dict:
     """What a stage starts from: the `from` stage's artifact (None: the base) and the reward model's folder."""
     src, rm = stage["from"], stage["reward_model"]
     init = {"stage": src, "artifact": results[src]["artifact"] if src else None,
@@ -129,7 +135,7 @@ def _folder_identity(path: str) -> dict:
     return {"path": path, "sha256": _source_identity({"path": path})["sha256"]}
 
 
-def run_recipe(recipe: dict, output_dir: str | None = None, only: str | None = None,
+def run_recipe(recipe: Recipe, output_dir: str | None = None, only: str | None = None,
                force: bool = False) -> dict:
     """Run (or skip, or resume) every stage of a validated recipe. Returns {stage name: manifest}."""
     run_dir = Path(output_dir or recipe["output_dir"])
@@ -194,7 +200,7 @@ def decide(name: str, fingerprint: str, *, done: bool, done_fingerprint: str | N
     return Decision("run", "nothing to keep")
 
 
-def _run_stages(recipe: dict, run_dir: Path, only: str | None, force: bool) -> dict:
+def _run_stages(recipe: Recipe, run_dir: Path, only: str | None, force: bool) -> dict:
     if _is_main_process():
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump({k: v for k, v in recipe.items() if k != "source"},
                                                              sort_keys=False))
@@ -203,7 +209,7 @@ def _run_stages(recipe: dict, run_dir: Path, only: str | None, force: bool) -> d
     for stage in recipe["stages"]:
         stage_dir = run_dir / stage["name"]
         init = _init_for(stage, results)
-        inputs = stage_inputs(recipe, stage, init)
+        inputs = stage_inputs(Shared.of(recipe), stage, init)
         fp = mf.inputs_fingerprint(**inputs)
         done = mf.read_json(stage_dir / "manifest.json")
         started = mf.read_json(stage_dir / "inputs.json")
@@ -239,7 +245,7 @@ def _run_stages(recipe: dict, run_dir: Path, only: str | None, force: bool) -> d
     return results
 
 
-def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
+def run_evals(recipe: Recipe, run_dir: Path, results: dict) -> None:
     """Score the base (if asked) and every finished stage on the recipe's eval tasks; write the table."""
     from finetune.eval_models import evaluate_models, load_for_eval, write_summary
     from finetune.evaluation import load_task
@@ -297,7 +303,7 @@ def run_evals(recipe: dict, run_dir: Path, results: dict) -> None:
     comparisons = compare_stages(out_root, pairs, [t["name"] for t in tasks])
     if comparisons:
         log(f"paired comparisons ({out_root / 'comparisons.md'}):\n{comparison_table(comparisons)}")
-    split = contamination_split(recipe, run_dir, results, table, [t["name"] for t in tasks])
+    split = contamination_split(recipe["stages"], run_dir, results, table, [t["name"] for t in tasks])
     if split:
         log(f"clean vs overlapping questions ({out_root / 'contamination.md'}):\n"
             f"{(out_root / 'contamination.md').read_text()}")
@@ -308,7 +314,7 @@ def start_label(stage_name: str) -> str:
     return f"{stage_name}-start"
 
 
-def contamination_split(recipe: dict, run_dir: Path, results: dict, table: dict, tasks: list[str]) -> dict:
+def contamination_split(stages: list[Stage], run_dir: Path, results: dict, table: dict, tasks: list[str]) -> dict:
     """Per evaluated stage and task, EM/F1 on the questions that share an n-gram (question or context) with
     the training data of that stage and the stages it started from (the data audit's overlap index), and on
     the rest; writes eval/contamination.json and .md. Returns {} when the data audit did not run."""
@@ -321,18 +327,18 @@ def contamination_split(recipe: dict, run_dir: Path, results: dict, table: dict,
     for entry in audit["sources"].values():
         for task, ids in entry["contamination"].get("eval_ids", {}).items():
             ids_of_source.setdefault(entry["source"], {}).setdefault(task, set()).update(ids)
-    stages = {s["name"]: s for s in recipe["stages"]}
+    by_name = {s["name"]: s for s in stages}
 
     def sources(name: str | None) -> set[str]:  # the stage's data and that of the stages it learnt from
         if name is None:
             return set()
-        teacher = stages[name].get("teacher")
-        return set(stages[name]["data"]) | sources(stages[name]["from"]) | sources(
-            teacher if teacher in stages else None)
+        teacher = by_name[name].get("teacher")
+        return set(by_name[name]["data"]) | sources(by_name[name]["from"]) | sources(
+            teacher if teacher in by_name else None)
 
     split: dict[str, dict[str, dict]] = {}
     for label in table:
-        used = sources(label if label in stages else None)
+        used = sources(label if label in by_name else None)
         for task in tasks:
             path = run_dir / "eval" / label / task / "predictions.jsonl"
             if path.is_file():
@@ -343,7 +349,7 @@ def contamination_split(recipe: dict, run_dir: Path, results: dict, table: dict,
     return split
 
 
-def run_data_audit(recipe: dict, run_dir: Path) -> dict | None:
+def run_data_audit(recipe: Recipe, run_dir: Path) -> dict | None:
     """The data audit before any training, on rank 0; its verdict reaches every rank so all stop together.
 
     Skipped while its inputs (data files, eval tasks, thresholds, tokenizer) are unchanged since the last one.
@@ -377,7 +383,7 @@ def run_data_audit(recipe: dict, run_dir: Path) -> dict | None:
     return verdict[0]
 
 
-def _audit_in_child(recipe: dict, out_dir: Path) -> dict:
+def _audit_in_child(recipe: Recipe, out_dir: Path) -> dict:
     """`data_audit.audit_recipe` in a forked child process, its lines streamed through `log`.
 
     Nothing the audit allocates (tokenised lengths, n-gram indexes, matplotlib: 30-200 MiB that the allocator
@@ -414,7 +420,7 @@ def _audit_in_child(recipe: dict, out_dir: Path) -> dict:
     return mf.read_json(out_dir / "audit.json")
 
 
-def _audit_child(recipe: dict, out_dir: Path, pipe) -> None:
+def _audit_child(recipe: Recipe, out_dir: Path, pipe) -> None:
     from finetune import data_audit
 
     try:
@@ -440,7 +446,7 @@ def _changed(before: dict, after: dict, prefix: str = "") -> str:
     return ", ".join(k for k in keys if k) or "nothing visible"
 
 
-def _run_stage(recipe: dict, stage: dict, init: dict, stage_dir: Path, fp: str,
+def _run_stage(recipe: Recipe, stage: Stage, init: dict, stage_dir: Path, fp: str,
                audit_summary: dict | None = None, inputs: dict | None = None) -> dict:
     runner = _stage_runner(stage["kind"])
     if _is_main_process():
@@ -450,7 +456,7 @@ def _run_stage(recipe: dict, stage: dict, init: dict, stage_dir: Path, fp: str,
     log(f"{stage['name']}: {stage['kind']} stage -> {stage_dir}")
     started = time.time()
     with mf.PeakMemory() as memory:
-        out = runner(recipe, stage, init, stage_dir, log=lambda m: log(f"{stage['name']}: {m}"))
+        out = runner(Shared.of(recipe), stage, init, stage_dir, log=lambda m: log(f"{stage['name']}: {m}"))
     manifest = {
         "stage": stage["name"], "kind": stage["kind"], "recipe": recipe["name"], "seed": recipe["seed"],
         "inputs_fingerprint": fp, "init": init, "resolved_recipe": {k: v for k, v in recipe.items()},

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from finetune.manifest import read_json
+from finetune.recipe_types import Recipe
 
 # metric name in the trainer log -> what the plot calls it, per stage kind
 CURVES = {
@@ -90,7 +91,7 @@ def _plot_eval(path: Path, results: dict[str, dict[str, dict]]) -> bool:
     return True
 
 
-def write_report(run_dir: Path, recipe: dict, manifests: dict[str, dict]) -> Path:
+def write_report(run_dir: Path, recipe: Recipe, manifests: dict[str, dict]) -> Path:
     """Write report.md and its PNGs under run_dir/report/; returns the report path."""
     figs = run_dir / "report"
     figs.mkdir(parents=True, exist_ok=True)

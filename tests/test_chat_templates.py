@@ -21,6 +21,7 @@ from finetune import chat_templates, cli, realmodels
 from finetune.chat_templates import BATTERY, fidelity_error
 from finetune.errors import UserError
 from finetune.recipe import load_recipe
+from finetune.recipe_types import Shared
 from finetune.stages import sft
 from finetune.targets import recipe_files
 
@@ -254,7 +255,7 @@ def test_assistant_only_labels_with_real_tokenizers(name, smollm2_tokenizer, tmp
         recipe["base_model"]["training_chat_template"] = str(NEW / training_file)
     (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
     recipe = load_recipe(tmp_path / "r.yaml")
-    built = sft.build(recipe, recipe["stages"][0], {}, tmp_path / "stage", log=lambda *_: None)
+    built = sft.build(Shared.of(recipe), recipe["stages"][0], {}, tmp_path / "stage", log=lambda *_: None)
     trainer, tok = built["trainer"], built["tokenizer"]
     assert tok.chat_template == official(family), "the tokenizer keeps the served template"
     assert built["training_template"][1] == (str(NEW / training_file) if training_file

@@ -717,7 +717,7 @@ def test_stage_data_mixes_chat_formats(tmp_path):
             "alpaca": {"path": str(DATA / "tiny_alpaca.json")},
             "sharegpt": {"path": str(DATA / "tiny_sharegpt.jsonl")}}
     recipe, stage = resolved(tmp_path, data, eval_split=0.1)
-    out = stage_data(recipe, stage)
+    out = stage_data(recipe["data"], stage, recipe["seed"])
     assert out["kind"] == "chat"
     assert out["train"].column_names == ["messages"] and out["eval"].column_names == ["messages"]
     assert (len(out["train"]), len(out["eval"])) == (378, 42)
@@ -734,7 +734,7 @@ def test_stage_data_mixes_chat_formats(tmp_path):
         roles = [m["role"] for m in row["messages"]]
         assert set(roles) <= {"system", "user", "assistant"} and "assistant" in roles
     # same recipe, same data and order
-    again = stage_data(recipe, stage)
+    again = stage_data(recipe["data"], stage, recipe["seed"])
     assert again["report"]["fingerprint"] == report["fingerprint"]
 
 
@@ -742,7 +742,7 @@ def test_stage_data_weights_and_max_rows(tmp_path):
     data = {"chat": {"path": str(DATA / "tiny_chat.jsonl")},
             "sharegpt": {"path": str(DATA / "tiny_sharegpt.jsonl")}}
     recipe, stage = resolved(tmp_path, data, weights={"chat": 1, "sharegpt": 1}, max_rows=200)
-    out = stage_data(recipe, stage)
+    out = stage_data(recipe["data"], stage, recipe["seed"])
     assert out["report"]["mixture"] == {"chat": 100, "sharegpt": 100}  # sharegpt upsampled from 60
     assert len(out["train"]) == 200 and out["eval"] is None and out["report"]["eval_rows"] == 0
 
@@ -750,7 +750,7 @@ def test_stage_data_weights_and_max_rows(tmp_path):
 def test_stage_data_reports_dropped_rows(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", CHAT_ROWS + [{"messages": [msg("user", "U"), msg("assistant", "")]}])
     recipe, stage = resolved(tmp_path, {"c": {"path": str(path)}})
-    out = stage_data(recipe, stage)
+    out = stage_data(recipe["data"], stage, recipe["seed"])
     assert out["report"]["sources"]["c"]["dropped"] == {"empty assistant turn": 1}
     assert out["report"]["sources"]["c"]["kept"] == 2 and len(out["train"]) == 2
 
@@ -759,7 +759,7 @@ def test_stage_data_rejects_mixed_kinds(tmp_path):
     data = {"chat": {"path": str(DATA / "tiny_chat.jsonl")}, "text": {"path": str(DATA / "tiny_text.parquet")}}
     recipe, stage = resolved(tmp_path, data)
     with pytest.raises(UserError, match=r"stage sft: its data sources mix kinds \(chat=chat, text=text\)"):
-        stage_data(recipe, stage)
+        stage_data(recipe["data"], stage, recipe["seed"])
 
 
 def test_stage_data_from_a_recipe_file(tmp_path, write_recipe):
@@ -767,7 +767,7 @@ def test_stage_data_from_a_recipe_file(tmp_path, write_recipe):
     raw = sft_recipe(tmp_path, {"qa": {"path": str(qa), "columns": {"prompt": "question", "completion": "answer"}}},
                      eval_split=2)
     recipe = load_recipe(write_recipe(raw), ["seed=7"])
-    out = stage_data(recipe, recipe["stages"][0])
+    out = stage_data(recipe["data"], recipe["stages"][0], recipe["seed"])
     assert out["kind"] == "prompt_completion"
     assert out["report"]["sources"]["qa"]["format"] == "prompt_completion"
     assert (len(out["train"]), len(out["eval"])) == (8, 2)

@@ -218,7 +218,8 @@ def test_generation_stops_on_every_eos_id_of_the_generation_config(model_and_tok
 
 def test_stop_strings_end_generation_early_with_the_same_answer(model_and_tokenizer):
     model, tok = model_and_tokenizer
-    candidates = ["Question: What is the capital of Peru?", "Context: Bram likes pears.\nQuestion: What does Bram like?",
+    candidates = ["Question: What is the capital of Peru?",
+                  "Context: Bram likes pears.\nQuestion: What does Bram like?",
                   "Give the plural form of day.", "How many legs does a frog have?", "Opposite of hot?"]
     free = generate(model, tok, candidates, 24, 8, chat=False, progress=False)
 

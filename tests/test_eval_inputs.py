@@ -185,7 +185,8 @@ def test_broken_chat_template_fails_validate(template, fragment, tiny_llama, tmp
     """These passed validate and then trained into a misleading message or the audit child's traceback."""
     (tmp_path / "t.jinja").write_text(template)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"base_model": {"path": str(tiny_llama), "chat_template": str(tmp_path / "t.jinja")},
+    recipe.write_text(yaml.safe_dump({"base_model": {"path": str(tiny_llama),
+                                                     "chat_template": str(tmp_path / "t.jinja")},
                                       "data": {"chat": {"path": str(REPO / "recipes/data/tiny_chat.jsonl")}},
                                       "stages": [{"kind": "sft", "data": ["chat"]}]}))
     rc, err = run(capsys, "validate", str(recipe))

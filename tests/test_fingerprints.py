@@ -19,6 +19,7 @@ from pathlib import Path
 from finetune import manifest as mf
 from finetune import pipeline
 from finetune.recipe import load_recipe
+from finetune.recipe_types import Shared
 from finetune.targets import recipe_files
 
 GOLDEN = Path(__file__).parent / "fixtures" / "stage_fingerprints.json"
@@ -31,7 +32,7 @@ def _fingerprints(path: Path, monkeypatch) -> dict[str, str]:
     results, out = {}, {}
     for stage in recipe["stages"]:
         init = pipeline._init_for(stage, results)
-        fp = mf.inputs_fingerprint(**pipeline.stage_inputs(recipe, stage, init))
+        fp = mf.inputs_fingerprint(**pipeline.stage_inputs(Shared.of(recipe), stage, init))
         results[stage["name"]] = {"artifact": {"model": f"<{stage['name']}>", "adapter": False},
                                   "inputs_fingerprint": fp}
         out[stage["name"]] = fp

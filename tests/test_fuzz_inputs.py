@@ -218,11 +218,12 @@ def load_data_file(path, raw: bytes, model_dir: str, purpose: str = "sft"):
                                            "stages": [{"kind": "dpo" if purpose == "pairs" else "sft",
                                                        "data": ["d"]}]}))
     recipe = load_recipe(recipe_path)
-    return stage_data(recipe, recipe["stages"][0], purpose)
+    return stage_data(recipe["data"], recipe["stages"][0], recipe["seed"], purpose)
 
 
 @FUZZ
-@given(data=st.data(), kind=st.sampled_from(["chat.jsonl", "pairs.jsonl", "alpaca.json", "prompt.csv", "text.parquet"]))
+@given(data=st.data(), kind=st.sampled_from(["chat.jsonl", "pairs.jsonl", "alpaca.json", "prompt.csv",
+                                             "text.parquet"]))
 def test_fuzzed_training_data(data, kind, model_dir, tmp_path, monkeypatch):
     """A data file through the stage's own loading (datasets), format detection and normalisation."""
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))

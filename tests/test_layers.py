@@ -17,11 +17,11 @@ PACKAGE = REPO / "finetune"
 # Lowest first. A new module must be placed here, which is the point: its layer is a decision.
 LAYERS = [
     ("leaves", {"finetune", "errors", "schema", "squad", "ranks", "stats", "manifest", "userfiles", "trl_fields",
-                "kernel_paths", "packing", "runlock", "stages", "bench", "precision"}),
+                "kernel_paths", "packing", "runlock", "stages", "bench", "precision", "recipe_types"}),
     ("data and models", {"data", "preference", "pii", "tiny", "realmodels", "gguf_models", "modeling",
                          "chat_templates", "rewards", "audit", "students"}),
-    ("evaluation and artifacts", {"evaluation", "overlap", "published", "score", "review", "artifacts", "watch", "sampled_pairs",
-                                  "eval_models"}),
+    ("evaluation and artifacts", {"evaluation", "overlap", "published", "score", "review", "artifacts", "watch",
+                                  "sampled_pairs", "eval_models"}),
     ("validation and data audit", {"recipe", "data_audit"}),
     ("stages", {"stages.common", "stages.sft", "stages.reward", "stages.dpo", "stages.ppo", "stages.rloo",
                 "stages.kto", "stages.distill"}),

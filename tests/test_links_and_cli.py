@@ -88,7 +88,8 @@ BAD_LINKS = [
          "stages[1].reward_model: 'reward' is not an earlier reward stage"),
     case("reward_model-misspelt", recipe(stage("sft"), stage("reward"), stage("grpo", reward_model="rewad")),
          "stages[2].reward_model: 'rewad' is not an earlier reward stage; did you mean 'reward'?"),
-    case("reward_model-on-sft", recipe(stage("sft"), stage("reward"), stage("sft", name="sft2", reward_model="reward")),
+    case("reward_model-on-sft",
+         recipe(stage("sft"), stage("reward"), stage("sft", name="sft2", reward_model="reward")),
          "stages[2].reward_model: only ppo, rloo and grpo stages use a reward model"),
     case("reward_model-on-dpo", recipe(stage("sft"), stage("reward"), stage("dpo", reward_model="reward")),
          "stages[2].reward_model: only ppo, rloo and grpo stages use a reward model"),
@@ -290,7 +291,8 @@ def test_merge_from_nowhere_is_an_error(tmp_path, capsys):
 def finetune(*args, stdin: str | None = None, timeout: int = 180) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "finetune", *map(str, args)], input=stdin if stdin is not None else "",
+    return subprocess.run([sys.executable, "-m", "finetune", *map(str, args)],
+                          input=stdin if stdin is not None else "",
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
 
 

@@ -344,6 +344,8 @@ def test_a_missing_teacher_or_tokenizer_folder_is_one_line(tmp_path, capsys):
     assert main(["student", str(tmp_path / "nope"), str(tmp_path / "s"), "--layers", "2"]) == 2
     assert main(["tiny", "--tokenizer", str(tmp_path / "nope"), "--out", str(tmp_path / "t")]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == [f"error: {tmp_path / 'nope'}: no such model folder (a student is cut from a local teacher folder)",
-                     f"error: --tokenizer {tmp_path / 'nope'}: no such model folder"], lines
+    assert lines == [
+        f"error: {tmp_path / 'nope'}: no such model folder (a student is cut from a local teacher folder)",
+        f"error: --tokenizer {tmp_path / 'nope'}: no such model folder",
+    ], lines
     assert not (tmp_path / "s").exists() and not (tmp_path / "t").exists()

@@ -14,14 +14,17 @@ from conftest import REPO, sft_recipe
 
 from finetune.pipeline import run_recipe
 from finetune.recipe import load_recipe
+from finetune.recipe_types import Shared
 
 SMALL = ["stages.sft.train.num_train_epochs=1", "data.chat.max_rows=48", "data.alpaca.max_rows=16",
          "data.sharegpt.max_rows=16", "eval.limit=4", "eval.tasks=[capitals_open_chat]"]
 PER_RECIPE = {
-    "ppo": ["data.prefs.max_rows=48", "stages.reward.train.logging_steps=1", "data.prompts.max_rows=32", "stages.reward.train.num_train_epochs=1",
+    "ppo": ["data.prefs.max_rows=48", "stages.reward.train.logging_steps=1", "data.prompts.max_rows=32",
+            "stages.reward.train.num_train_epochs=1",
             "stages.ppo.train.total_episodes=32", "stages.ppo.train.response_length=8"],
     "dpo": ["data.prefs.max_rows=48", "stages.dpo.train.num_train_epochs=1", "stages.dpo.train.logging_steps=1"],
-    "rloo": ["data.prefs.max_rows=48", "stages.reward.train.logging_steps=1", "data.prompts.max_rows=32", "stages.reward.train.num_train_epochs=1",
+    "rloo": ["data.prefs.max_rows=48", "stages.reward.train.logging_steps=1", "data.prompts.max_rows=32",
+             "stages.reward.train.num_train_epochs=1",
              "stages.rloo.train.max_steps=2", "stages.rloo.train.max_completion_length=8"],
     "kto": ["data.prefs.max_rows=48", "stages.kto.train.num_train_epochs=1", "stages.kto.train.logging_steps=1"],
     "prompt-tuning": ["stages.soft-prompt.train.num_train_epochs=1", "eval.base=true"],
@@ -153,14 +156,20 @@ def test_run_fingerprints_survive_new_schema_keys(path, monkeypatch):
     monkeypatch.chdir(REPO)
     recipe = load_recipe(path)
     init = {"stage": None, "artifact": None, "fingerprint": None, "reward_model": None, "reward_fingerprint": None}
-    assert mf.inputs_fingerprint(**stage_inputs(recipe, recipe["stages"][0], init)) == PINNED_FINGERPRINTS[path]
+    inputs = stage_inputs(Shared.of(recipe), recipe["stages"][0], init)
+    assert mf.inputs_fingerprint(**inputs) == PINNED_FINGERPRINTS[path]
 
 
 def test_only_an_early_stage_runs_it_and_evaluates_without_the_later_ones(tiny_llama, tmp_path, monkeypatch):
     """`--only sft` on sft -> dpo trains sft, scores it, and does not ask for dpo; `--only dpo` then reuses sft."""
     monkeypatch.chdir(REPO)
-    overrides = [f"base_model.path={tiny_llama}", *SMALL, *PER_RECIPE["dpo"], "stages.sft.train.max_steps=2",
-                 "stages.dpo.train.max_steps=1"]
+    overrides = [
+        f"base_model.path={tiny_llama}",
+        *SMALL,
+        *PER_RECIPE["dpo"],
+        "stages.sft.train.max_steps=2",
+        "stages.dpo.train.max_steps=1",
+    ]
     out = str(tmp_path / "run")
     first = run_recipe(load_recipe("recipes/tiny/dpo.yaml", overrides), output_dir=out, only="sft")
     assert list(first) == ["sft"] and not (tmp_path / "run" / "dpo").exists()

@@ -197,7 +197,8 @@ def test_ultrafeedback_layout_prompt_string_beside_full_conversations(jsonl):
 # ------------------------------------------------------------------------------------------- drops and errors
 def test_drops_are_counted_by_reason(jsonl):
     good = {"prompt": "q", "chosen": "a", "rejected": "b"}
-    ds = jsonl([good, {"prompt": "q", "chosen": "same", "rejected": " same "}, {"prompt": "q", "chosen": "", "rejected": "b"},
+    ds = jsonl([good, {"prompt": "q", "chosen": "same", "rejected": " same "},
+                {"prompt": "q", "chosen": "", "rejected": "b"},
                 {"prompt": "q", "chosen": "a", "rejected": "   "}, good])
     pairs, dropped, kind = normalise_pairs(ds, "w")
     assert (len(pairs), kind) == (2, "text")
@@ -354,7 +355,7 @@ def recipe_file(tmp_path: Path, data: dict, kind: str = "dpo", **stage) -> Path:
 
 def test_stage_data_pairs_with_eval_split_and_report(tmp_path):
     recipe = load_recipe(recipe_file(tmp_path, {"prefs": PREFS}, eval_split=40))
-    out = stage_data(recipe, recipe["stages"][0], "pairs")
+    out = stage_data(recipe["data"], recipe["stages"][0], recipe["seed"], "pairs")
     n = len(raw_rows(PREFS))
     assert out["kind"] == "chat"
     assert (len(out["train"]), len(out["eval"])) == (n - 40, 40)
@@ -367,7 +368,7 @@ def test_stage_data_pairs_with_eval_split_and_report(tmp_path):
     assert not train_prompts & {json.dumps(r["prompt"]) + json.dumps(r["chosen"]) for r in out["eval"]}
 
     recipe = load_recipe(recipe_file(tmp_path, {"prefs": PREFS}, eval_split=0.1))
-    out = stage_data(recipe, recipe["stages"][0], "pairs")
+    out = stage_data(recipe["data"], recipe["stages"][0], recipe["seed"], "pairs")
     assert (len(out["train"]), len(out["eval"])) == (n - round(n * 0.1), round(n * 0.1))
 
 
@@ -375,7 +376,7 @@ def test_stage_data_reports_drops(tmp_path, jsonl):
     path = jsonl([{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "chosen": "a", "rejected": "a"},
                   {"prompt": "r", "chosen": "c", "rejected": "d"}], as_path=True)
     recipe = load_recipe(recipe_file(tmp_path, {"p": path}))
-    out = stage_data(recipe, recipe["stages"][0], "pairs")
+    out = stage_data(recipe["data"], recipe["stages"][0], recipe["seed"], "pairs")
     assert out["report"]["sources"]["p"] | {"path": None} == {
         "path": None, "format": "preference", "kind": "text", "rows": 3, "kept": 2,
         "dropped": {"chosen == rejected": 1}}
@@ -385,12 +386,12 @@ def test_stage_data_reports_drops(tmp_path, jsonl):
 def test_stage_data_pairs_of_two_kinds_is_an_error(tmp_path):
     recipe = load_recipe(recipe_file(tmp_path, {"chat": PREFS, "text": PREFS_TEXT}))
     with pytest.raises(UserError, match=r"stage prefs: its data sources mix kinds \(chat=chat, text=text\)"):
-        stage_data(recipe, recipe["stages"][0], "pairs")
+        stage_data(recipe["data"], recipe["stages"][0], recipe["seed"], "pairs")
 
 
 def test_stage_data_pairs_of_three_chat_layouts_mix(tmp_path):
     recipe = load_recipe(recipe_file(tmp_path, {"a": PREFS, "b": PREFS_HH, "c": PREFS_IMPLICIT}, kind="reward"))
-    out = stage_data(recipe, recipe["stages"][0], "pairs")
+    out = stage_data(recipe["data"], recipe["stages"][0], recipe["seed"], "pairs")
     sizes = {name: len(raw_rows(p)) for name, p in (("a", PREFS), ("b", PREFS_HH), ("c", PREFS_IMPLICIT))}
     assert out["kind"] == "chat" and out["report"]["mixture"] == sizes
     assert len(out["train"]) == sum(sizes.values())
@@ -398,7 +399,7 @@ def test_stage_data_pairs_of_three_chat_layouts_mix(tmp_path):
 
 def test_stage_data_prompts(tmp_path):
     recipe = load_recipe(recipe_file(tmp_path, {"prompts": PROMPTS, "prefs": PREFS}))
-    out = stage_data(recipe, recipe["stages"][0], "prompts")
+    out = stage_data(recipe["data"], recipe["stages"][0], recipe["seed"], "prompts")
     assert out["kind"] == "chat" and out["train"].column_names == ["prompt"]
     assert out["report"]["sources"]["prompts"]["format"] == "prompts"
     assert len(out["train"]) == len(raw_rows(PROMPTS)) + len(raw_rows(PREFS))
@@ -419,7 +420,7 @@ def test_stage_data_prompts_through_a_valid_ppo_recipe(tmp_path):
     recipe = load_recipe(ppo_recipe_file(tmp_path, {"prompts": PROMPTS}))
     ppo = recipe["stages"][2]
     assert (ppo["from"], ppo["reward_model"]) == ("sft", "reward")
-    out = stage_data(recipe, ppo, "prompts")
+    out = stage_data(recipe["data"], ppo, recipe["seed"], "prompts")
     assert len(out["train"]) == len(raw_rows(PROMPTS)) and out["report"]["sources"]["prompts"]["dropped"] == {}
 
 
@@ -432,7 +433,7 @@ def test_column_mapping_in_stage_data(tmp_path, jsonl):
     path = jsonl(MAPPED_ROWS, as_path=True)
     recipe = load_recipe(recipe_file(tmp_path, {"p": path}))
     recipe["data"]["p"]["columns"] = {"chosen": "good", "rejected": "bad", "prompt": "question"}
-    out = stage_data(recipe, recipe["stages"][0], "pairs")
+    out = stage_data(recipe["data"], recipe["stages"][0], recipe["seed"], "pairs")
     assert [dict(r) for r in out["train"].sort("prompt")] == [
         {"prompt": "2+2?", "chosen": " 4", "rejected": " 5"}, {"prompt": "3+3?", "chosen": " 6", "rejected": " 7"}]
 
@@ -441,5 +442,5 @@ def test_column_mapping_through_a_recipe(tmp_path, jsonl):
     path = jsonl(MAPPED_ROWS, as_path=True)
     recipe = load_recipe(recipe_file(tmp_path, {"p": {
         "path": str(path), "columns": {"chosen": "good", "rejected": "bad", "prompt": "question"}}}))
-    out = stage_data(recipe, recipe["stages"][0], "pairs")
+    out = stage_data(recipe["data"], recipe["stages"][0], recipe["seed"], "pairs")
     assert sorted(out["train"]["prompt"]) == ["2+2?", "3+3?"]

@@ -86,7 +86,8 @@ BAD_RECIPES = [
     case("duplicate-top-level-key", GOOD + "seed: 1\nseed: 2\n", "duplicate key 'seed' (lines 8 and 9)"),
     case("duplicate-train-key", stage("train: {learning_rate: 0.1, learning_rate: 0.2}"),
          "duplicate key 'learning_rate' (lines 8 and 8)"),
-    case("duplicate-data-source", GOOD.replace("  chat: {path: $CHAT}\n", "  chat: {path: $CHAT}\n  chat: {path: x.json}\n"),
+    case("duplicate-data-source", GOOD.replace("  chat: {path: $CHAT}\n",
+                                               "  chat: {path: $CHAT}\n  chat: {path: x.json}\n"),
          "duplicate key 'chat' (lines 4 and 5)"),
     case("deep-nesting", GOOD + "seed: " + "[" * 5000 + "]" * 5000 + "\n", "malformed YAML", "nesting"),
     case("alias-bomb", GOOD + "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
@@ -136,9 +137,12 @@ BAD_RECIPES = [
     case("bad-kind", GOOD.replace("kind: sft", "kind: sft2"),
          "stages[0].kind: 'sft2' is not one of", "did you mean 'sft'?"),
     case("bad-peft-method", stage("peft: {method: loraa}"),
-         "stages[0].peft.method: 'loraa' is not one of lora, dora, rslora, prompt_tuning, p_tuning, prefix_tuning; did you mean 'lora'?"),
-    case("bad-quant-bits", stage("peft: {}\nquantization: {bits: 3}"), "stages[0].quantization.bits: '3' is not one of 4, 8"),
-    case("bad-data-format", top("data: {chat: {path: $CHAT, format: chatml}}\n"), "data.chat.format: 'chatml' is not one of"),
+         "stages[0].peft.method: 'loraa' is not one of lora, dora, rslora, prompt_tuning, p_tuning, "
+         "prefix_tuning; did you mean 'lora'?"),
+    case("bad-quant-bits", stage("peft: {}\nquantization: {bits: 3}"),
+         "stages[0].quantization.bits: '3' is not one of 4, 8"),
+    case("bad-data-format", top("data: {chat: {path: $CHAT, format: chatml}}\n"),
+         "data.chat.format: 'chatml' is not one of"),
     case("stages-not-a-list", top("stages: {kind: sft, data: [chat]}\n"), "stages: expected a list, got dict"),
     case("stage-not-a-mapping", top("stages: [sft]\n"), "stages[0]: expected a mapping, got str"),
     case("data-not-a-mapping", top("data: [$CHAT]\n"), "data: expected a mapping of names, got list"),
@@ -157,7 +161,8 @@ BAD_RECIPES = [
          "base_model.path: model './no-such-model' not found"),
     case("missing-chat-template", top("base_model: {path: $MODEL, chat_template: $TMP/nope.jinja}\n"),
          "base_model.chat_template: file '", "nope.jinja' not found"),
-    case("missing-eval-task-file", top("eval: {tasks: [$TMP/nope.yaml]}\n"), "eval.tasks[0]: task file '", "not found"),
+    case("missing-eval-task-file", top("eval: {tasks: [$TMP/nope.yaml]}\n"), "eval.tasks[0]: task file '",
+         "not found"),
     case("owned-loss-flag", stage("train: {assistant_only_loss: true}"),  # refused by validate, not at training
          "stages[0].train.assistant_only_loss: set the stage's `loss:` instead"),
     case("missing-training-chat-template", top("base_model: {path: $MODEL, training_chat_template: $TMP/no.jinja}\n"),
@@ -340,7 +345,8 @@ def good_recipe(tmp_path) -> Path:
 
 def test_overrides_are_parsed_as_yaml(good_recipe):
     r = load_recipe(good_recipe, ["seed=7", "stages.sft.train.learning_rate=1.0e-4", "stages.0.train.max_steps=3",
-                                  "base_model.trust_remote_code=false", "stages.sft.peft.target_modules=[q_proj, v_proj]",
+                                  "base_model.trust_remote_code=false",
+                                  "stages.sft.peft.target_modules=[q_proj, v_proj]",
                                   "eval.limit=null"])
     assert r["seed"] == 7 and type(r["seed"]) is int
     train = r["stages"][0]["train"]
@@ -556,7 +562,8 @@ def test_validate_does_not_import_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith(f"{recipe}: ok"), proc.stdout
-    assert lines[-1] == "0 False False False", f"validate imported heavy modules (torch, transformers, trl): {lines[-1]}"
+    assert lines[-1] == "0 False False False", (
+        f"validate imported heavy modules (torch, transformers, trl): {lines[-1]}")
 
 
 def test_readme_recipe_reference_is_the_schema():
@@ -566,5 +573,5 @@ def test_readme_recipe_reference_is_the_schema():
 
     readme = (REPO / "README.md").read_text()
     start = readme.index("| key | default | meaning |")
-    table = readme[start:readme.index("\n\n", start)].splitlines()[2:]
+    table = readme[start : readme.index("\n\n", start)].splitlines()[2:]
     assert table == reference_rows()

@@ -125,6 +125,7 @@ def test_weights_are_safetensors_only(secret_run):
         weights = [p.name for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.name not in NOT_WEIGHTS]
         assert weights and all(name.endswith(".safetensors") for name in weights), (folder, weights)
     pickled = [str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
-               if p.name.startswith(("pytorch_model", "adapter_model", "model")) and p.suffix in (".bin", ".pt", ".pth")]
+               if p.name.startswith(("pytorch_model", "adapter_model", "model"))
+               and p.suffix in (".bin", ".pt", ".pth")]
     assert pickled == []
     assert os.path.getsize(run_dir / "sft" / "model" / "adapter_model.safetensors") > 0

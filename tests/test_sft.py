@@ -49,8 +49,8 @@ def test_lora_sft_saves_adapter_that_reproduces_the_trained_model(tiny_llama, wr
     config = json.loads((adapter / "adapter_config.json").read_text())
     # all-linear: every projection of attention and MLP, never lm_head
     assert not any("lm_head" in name for name in config["target_modules"])
-    assert {name.split(".")[-1] for name in config["target_modules"]} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                             "down_proj"}
+    assert {name.split(".")[-1] for name in config["target_modules"]} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     params = out["sft"]["parameters"]
     assert 0 < params["trainable"] < 0.5 * params["total"]
     base = AutoModelForCausalLM.from_pretrained(tiny_llama)
@@ -95,7 +95,7 @@ def test_qlora_sft_4bit_and_adapter_reloads_with_same_logits(tiny_qwen2, tmp_pat
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     model = modeling.prepare_trainable(model, stage["peft"], stage["quantization"], gradient_checkpointing=False)
     tokenizer = modeling.load_tokenizer(recipe["base_model"])
-    data = stage_data(recipe, stage)
+    data = stage_data(recipe["data"], stage, recipe["seed"])
     args = SFTConfig(output_dir=str(tmp_path / "ckpt"), max_steps=5, learning_rate=1e-2, bf16=False,
                      per_device_train_batch_size=8, report_to="none", save_strategy="no",
                      gradient_checkpointing=False, assistant_only_loss=True, max_length=128, disable_tqdm=True)

@@ -54,7 +54,7 @@ def test_reward_stage_reloads_as_sequence_classifier_and_reports_accuracy(tiny_l
     recipe = load_recipe(tmp_path / "recipe.yaml")
     from finetune.data import stage_data
 
-    pairs = stage_data(recipe, recipe["stages"][1], "pairs")["eval"]
+    pairs = stage_data(recipe["data"], recipe["stages"][1], recipe["seed"], "pairs")["eval"]
     reloaded, tok = load_reward_model(out["artifact"]["model"], recipe["base_model"])
     assert pairwise_accuracy(reloaded, tok, pairs, "chat")["accuracy"] == acc["accuracy"]
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from finetune import modeling
 from finetune.errors import UserError, first_line
 from finetune.manifest import last_checkpoint, sha256_text
+from finetune.recipe_types import BaseModel, Shared, Stage
 
 RECORDED_ARGS = ("bf16", "fp16", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                  "gradient_accumulation_steps", "max_length", "packing", "beta", "loss_type", "kl_coef",
@@ -36,7 +37,7 @@ def toolkit_defaults(train: dict, has_eval: bool) -> dict:
     return defaults
 
 
-def build_config(config_cls, stage: dict, seed: int, stage_dir: Path, has_eval: bool, defaults: dict | None = None,
+def build_config(config_cls, stage: Stage, seed: int, stage_dir: Path, has_eval: bool, defaults: dict | None = None,
                  **forced):
     """Instantiate the TRL config from the recipe's `train:` block, our defaults and values we must set."""
     train = stage["train"]
@@ -51,7 +52,7 @@ def build_config(config_cls, stage: dict, seed: int, stage_dir: Path, has_eval: 
         raise UserError(f"stage {stage['name']}: train: {config_cls.__name__} rejected the settings: {msg}") from None
 
 
-def build_trainer(trainer_cls, stage: dict, explain=None, **kwargs):
+def build_trainer(trainer_cls, stage: Stage, explain=None, **kwargs):
     """Construct a TRL trainer; settings it rejects while setting up become one line naming the stage.
 
     TRL checks some combinations only in the trainer's constructor (padding-free without packing, PPO batch
@@ -74,7 +75,7 @@ def build_trainer(trainer_cls, stage: dict, explain=None, **kwargs):
     return trainer
 
 
-def start_dir(recipe: dict, init: dict) -> str:
+def start_dir(base_model: BaseModel, init: dict) -> str:
     """The folder this stage starts from: the base model, the full (merged if needed) model of `from`, or a
     distill stage's `student:` folder."""
     from finetune.artifacts import full_model_dir
@@ -82,14 +83,14 @@ def start_dir(recipe: dict, init: dict) -> str:
     if init.get("student"):  # a distill stage's own student folder
         return init["student"]["path"]
     if not init.get("artifact"):
-        return recipe["base_model"]["path"]
-    return str(full_model_dir(init["artifact"], recipe["base_model"]))
+        return base_model["path"]
+    return str(full_model_dir(init["artifact"], base_model))
 
 
-def load_policy(recipe: dict, stage: dict, init: dict, gradient_checkpointing: bool, **extra):
+def load_policy(base_model: BaseModel, stage: Stage, init: dict, gradient_checkpointing: bool, **extra):
     """Starting model, quantised if the stage asks (QLoRA), k-bit-prepared; the adapter is left to TRL."""
-    source = start_dir(recipe, init)
-    model = modeling.load_base_model(recipe["base_model"], stage["quantization"], path=source, **extra)
+    source = start_dir(base_model, init)
+    model = modeling.load_base_model(base_model, stage["quantization"], path=source, **extra)
     if stage["quantization"]:
         from peft import prepare_model_for_kbit_training
 
@@ -97,14 +98,14 @@ def load_policy(recipe: dict, stage: dict, init: dict, gradient_checkpointing: b
     return model, source
 
 
-def stage_tokenizer(recipe: dict, init: dict):
+def stage_tokenizer(base_model: BaseModel, init: dict):
     """The stage's tokenizer, served with its model's chat template; the recipe's training template (if any)
     is checked to render exactly as that template before the stage trains (UserError otherwise)."""
     from finetune import chat_templates
 
-    source = start_dir(recipe, init) if init.get("artifact") or init.get("student") else None
-    tokenizer = modeling.load_tokenizer(recipe["base_model"], source)
-    chat_templates.training_template_for(tokenizer, recipe["base_model"])
+    source = start_dir(base_model, init) if init.get("artifact") or init.get("student") else None
+    tokenizer = modeling.load_tokenizer(base_model, source)
+    chat_templates.training_template_for(tokenizer, base_model)
     return tokenizer
 
 
@@ -140,7 +141,7 @@ def train_and_save(trainer, tokenizer, stage_dir: Path, log):
     return result
 
 
-def train_against_reference(trainer_cls, recipe: dict, stage: dict, init: dict, stage_dir: Path, tokenizer,
+def train_against_reference(trainer_cls, base_model: BaseModel, stage: Stage, init: dict, stage_dir: Path, tokenizer,
                             data: dict, args, log, model=None, **extra) -> dict:
     """What DPO and KTO share after their data: the policy of `from` (quantised if the stage asks), TRL's
     reference (the policy with its adapter disabled under peft, else a frozen copy), training, the record.
@@ -149,9 +150,9 @@ def train_against_reference(trainer_cls, recipe: dict, stage: dict, init: dict, 
     goes into the record (the stage's label audit).
     """
     if model is None:
-        model, source = load_policy(recipe, stage, init, args.gradient_checkpointing)
+        model, source = load_policy(base_model, stage, init, args.gradient_checkpointing)
     else:
-        source = start_dir(recipe, init)
+        source = start_dir(base_model, init)
     peft = modeling.peft_config(stage["peft"]) if stage["peft"] else None
     trainer = build_trainer(trainer_cls, stage, model=model, ref_model=None, args=args,
                             train_dataset=data["train"], eval_dataset=data["eval"],
@@ -162,7 +163,7 @@ def train_against_reference(trainer_cls, recipe: dict, stage: dict, init: dict, 
                   **extra)
 
 
-def record(trainer, result, args, stage: dict, data: dict, tokenizer, model_dir: Path, base: str,
+def record(trainer, result, args, stage: Stage, data: dict, tokenizer, model_dir: Path, base: str,
            adapter: bool, **extra) -> dict:
     """What the manifest records about a finished training stage."""
     from finetune import precision, watch
@@ -182,30 +183,30 @@ def record(trainer, result, args, stage: dict, data: dict, tokenizer, model_dir:
     }
 
 
-def require_chat_template(tokenizer, data: dict, recipe: dict, stage: dict) -> None:
+def require_chat_template(tokenizer, data: dict, base_model: BaseModel, stage: Stage) -> None:
     """Chat data needs a chat template: say so in one line instead of failing deep inside transformers."""
     if data["kind"] == "chat" and not tokenizer.chat_template:
         raise UserError(f"stage {stage['name']}: chat data needs a chat template, and the tokenizer of "
-                        f"'{recipe['base_model']['path']}' has none; set base_model.chat_template to a .jinja file")
+                        f"'{base_model['path']}' has none; set base_model.chat_template to a .jinja file")
 
 
-def plain_config(config_cls, recipe: dict, stage: dict, data: dict, stage_dir: Path):
+def plain_config(config_cls, stage: Stage, seed: int, data: dict, stage_dir: Path):
     """A TRL config from the stage's `train:` block and our defaults alone (reward, DPO, KTO, distill)."""
-    return build_config(config_cls, stage, recipe["seed"], stage_dir, data["eval"] is not None)
+    return build_config(config_cls, stage, seed, stage_dir, data["eval"] is not None)
 
 
-def prepare_pairs(recipe: dict, stage: dict, init: dict, stage_dir: Path, config_cls, log) -> tuple:
+def prepare_pairs(shared: Shared, stage: Stage, init: dict, stage_dir: Path, config_cls, log) -> tuple:
     """What reward and DPO stages share: tokenizer, preference pairs, the TRL config and the pair audit."""
     from finetune import audit
     from finetune.data import stage_data
 
-    tokenizer = stage_tokenizer(recipe, init)
-    data = stage_data(recipe, stage, "pairs")
-    require_chat_template(tokenizer, data, recipe, stage)
+    tokenizer = stage_tokenizer(shared.base_model, init)
+    data = stage_data(shared.sources, stage, shared.seed, "pairs")
+    require_chat_template(tokenizer, data, shared.base_model, stage)
     for name, src in data["report"]["sources"].items():
         log(f"data {name}: {src['kept']} of {src['rows']} pairs kept" + (
             f" (dropped {src['dropped']})" if src["dropped"] else ""))
-    args = plain_config(config_cls, recipe, stage, data, stage_dir)
+    args = plain_config(config_cls, stage, shared.seed, data, stage_dir)
     pair_audit = audit.preference_audit(data["train"], tokenizer, data["kind"], args.max_length, stage["audit"])
     log(f"label audit: {pair_audit['pairs']} pairs, answers truncated in {pair_audit['pairs_answer_truncated']}")
     return tokenizer, data, args, pair_audit

@@ -14,16 +14,17 @@ from pathlib import Path
 
 from finetune import modeling
 from finetune.data import stage_data
+from finetune.recipe_types import Shared, Stage
 from finetune.stages import common
 
 
-def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | None = None):
+def config(shared: Shared, stage: Stage, data: dict, stage_dir: Path, init: dict | None = None):
     """The stage's DistillationConfig (what `run` trains with); UserError for settings TRL rejects."""
     from trl import DistillationConfig
 
-    return common.plain_config(DistillationConfig, recipe, stage, data, stage_dir)
+    return common.plain_config(DistillationConfig, stage, shared.seed, data, stage_dir)
 
-def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
+def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) -> dict:
     """Train one distill stage; returns what the manifest records, with the teacher's folder and size.
 
     Raises UserError for bad prompt data, a teacher that cannot be loaded, or settings TRL rejects (a
@@ -33,15 +34,15 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
 
     from finetune.artifacts import full_model_dir
 
-    tokenizer = common.stage_tokenizer(recipe, init)
-    data = stage_data(recipe, stage, "prompts")
-    common.require_chat_template(tokenizer, data, recipe, stage)
+    tokenizer = common.stage_tokenizer(shared.base_model, init)
+    data = stage_data(shared.sources, stage, shared.seed, "prompts")
+    common.require_chat_template(tokenizer, data, shared.base_model, stage)
     for name, src in data["report"]["sources"].items():
         log(f"data {name}: {src['kept']} prompts")
-    args = config(recipe, stage, data, stage_dir, init)
-    student, source = common.load_policy(recipe, stage, init, args.gradient_checkpointing)
-    teacher_dir = full_model_dir(init["teacher"], recipe["base_model"])
-    teacher = modeling.load_base_model(recipe["base_model"], None, path=str(teacher_dir)).eval()
+    args = config(shared, stage, data, stage_dir, init)
+    student, source = common.load_policy(shared.base_model, stage, init, args.gradient_checkpointing)
+    teacher_dir = full_model_dir(init["teacher"], shared.base_model)
+    teacher = modeling.load_base_model(shared.base_model, None, path=str(teacher_dir)).eval()
     sizes = {"student": modeling.count_parameters(student)["total"],
              "teacher": modeling.count_parameters(teacher)["total"]}
     log(f"teacher {teacher_dir} ({sizes['teacher']:,} parameters) -> student {source} "

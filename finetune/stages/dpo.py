@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from finetune.errors import UserError
+from finetune.recipe_types import Shared, Stage
 from finetune.stages import common
 
 
-def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | None = None):
+def config(shared: Shared, stage: Stage, data: dict, stage_dir: Path, init: dict | None = None):
     """The stage's DPOConfig (what `run` trains with); UserError for settings TRL rejects, or for
     `sample_pairs` on prompt rows without the gold `answers` they are scored against."""
     from trl import DPOConfig
@@ -20,20 +21,20 @@ def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | 
     if stage["sample_pairs"] and "answers" not in data["train"].column_names:
         raise UserError(f"stage {stage['name']}: sample_pairs scores answers against gold answers: the prompt data "
                         f"needs an `answers` column (a list of texts)")
-    return common.plain_config(DPOConfig, recipe, stage, data, stage_dir)
+    return common.plain_config(DPOConfig, stage, shared.seed, data, stage_dir)
 
 
-def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
+def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) -> dict:
     from trl import DPOConfig, DPOTrainer
 
     if stage["sample_pairs"]:
-        return _run_on_sampled_pairs(recipe, stage, init, stage_dir, log)
-    tokenizer, data, args, pair_audit = common.prepare_pairs(recipe, stage, init, stage_dir, DPOConfig, log)
-    return common.train_against_reference(DPOTrainer, recipe, stage, init, stage_dir, tokenizer, data, args, log,
+        return _run_on_sampled_pairs(shared, stage, init, stage_dir, log)
+    tokenizer, data, args, pair_audit = common.prepare_pairs(shared, stage, init, stage_dir, DPOConfig, log)
+    return common.train_against_reference(DPOTrainer, shared.base_model, stage, init, stage_dir, tokenizer, data, args, log,
                                           label_audit=pair_audit)
 
 
-def _run_on_sampled_pairs(recipe: dict, stage: dict, init: dict, stage_dir: Path, log) -> dict:
+def _run_on_sampled_pairs(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log) -> dict:
     """DPO on metric-labelled pairs (finetune.sampled_pairs): the starting policy samples answers to the
     prompt rows, SQuAD F1 against their gold answers picks (best, worst), and the same policy then trains."""
     from trl import DPOTrainer
@@ -41,15 +42,15 @@ def _run_on_sampled_pairs(recipe: dict, stage: dict, init: dict, stage_dir: Path
     from finetune import audit, sampled_pairs
     from finetune.data import stage_data
 
-    tokenizer = common.stage_tokenizer(recipe, init)
-    data = stage_data(recipe, stage, "prompts")
-    common.require_chat_template(tokenizer, data, recipe, stage)
-    args = config(recipe, stage, data, stage_dir)
-    model, _ = common.load_policy(recipe, stage, init, args.gradient_checkpointing)
-    pairs, summary = sampled_pairs.build(model, tokenizer, data["train"], stage["sample_pairs"], recipe["seed"],
+    tokenizer = common.stage_tokenizer(shared.base_model, init)
+    data = stage_data(shared.sources, stage, shared.seed, "prompts")
+    common.require_chat_template(tokenizer, data, shared.base_model, stage)
+    args = config(shared, stage, data, stage_dir)
+    model, _ = common.load_policy(shared.base_model, stage, init, args.gradient_checkpointing)
+    pairs, summary = sampled_pairs.build(model, tokenizer, data["train"], stage["sample_pairs"], shared.seed,
                                          stage["name"], stage_dir / "sampled_pairs.jsonl", log)
     data = {**data, "train": pairs, "eval": None,
             "report": {**data["report"], "train_rows": len(pairs), "prompt_rows": data["report"]["train_rows"]}}
     pair_audit = audit.preference_audit(pairs, tokenizer, data["kind"], args.max_length, stage["audit"])
-    return common.train_against_reference(DPOTrainer, recipe, stage, init, stage_dir, tokenizer, data, args, log,
+    return common.train_against_reference(DPOTrainer, shared.base_model, stage, init, stage_dir, tokenizer, data, args, log,
                                           model=model, label_audit=pair_audit, sampled_pairs=summary)

@@ -11,16 +11,17 @@ from pathlib import Path
 
 from finetune import audit
 from finetune.data import stage_data
+from finetune.recipe_types import Shared, Stage
 from finetune.stages import common
 
 
-def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | None = None):
+def config(shared: Shared, stage: Stage, data: dict, stage_dir: Path, init: dict | None = None):
     """The stage's KTOConfig (what `run` trains with); UserError for settings TRL rejects."""
     from trl import KTOConfig
 
-    return common.plain_config(KTOConfig, recipe, stage, data, stage_dir)
+    return common.plain_config(KTOConfig, stage, shared.seed, data, stage_dir)
 
-def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
+def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) -> dict:
     """Train one KTO stage; returns what the manifest records (artifact, data, label audit, metrics).
 
     Raises UserError for bad data (see `preference.unpaired`), a label audit that fails (one label only,
@@ -29,16 +30,16 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     """
     from trl import KTOTrainer
 
-    tokenizer = common.stage_tokenizer(recipe, init)
-    data = stage_data(recipe, stage, "unpaired")
-    common.require_chat_template(tokenizer, data, recipe, stage)
+    tokenizer = common.stage_tokenizer(shared.base_model, init)
+    data = stage_data(shared.sources, stage, shared.seed, "unpaired")
+    common.require_chat_template(tokenizer, data, shared.base_model, stage)
     for name, src in data["report"]["sources"].items():
         dropped = ", ".join(f"{n} {r}" for r, n in src["dropped"].items())
         log(f"data {name}: {src['rows']} source rows -> {src['kept']} labelled completions"
             + (f", dropped {dropped}" if dropped else ""))
-    args = config(recipe, stage, data, stage_dir, init)
+    args = config(shared, stage, data, stage_dir, init)
     label_audit = audit.unpaired_audit(data["train"], tokenizer, data["kind"], args.max_length, stage["audit"])
     log(f"label audit: {label_audit['desirable']} desirable and {label_audit['undesirable']} undesirable rows, "
         f"completions truncated in {label_audit['rows_answer_truncated']}")
-    return common.train_against_reference(KTOTrainer, recipe, stage, init, stage_dir, tokenizer, data, args, log,
+    return common.train_against_reference(KTOTrainer, shared.base_model, stage, init, stage_dir, tokenizer, data, args, log,
                                           label_audit=label_audit)

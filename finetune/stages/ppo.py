@@ -12,6 +12,7 @@ from pathlib import Path
 
 from finetune import modeling
 from finetune.data import stage_data
+from finetune.recipe_types import Shared, Stage
 from finetune.stages import common
 
 # bf16 off: TRL's PPOTrainer builds its Accelerator without the config's mixed precision (it computes in what
@@ -33,34 +34,34 @@ def tokenize_prompts(prompts, tokenizer, kind: str):
     return prompts.map(encode, remove_columns=prompts.column_names, desc="Tokenising prompts")
 
 
-def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | None = None):
+def config(shared: Shared, stage: Stage, data: dict, stage_dir: Path, init: dict | None = None):
     """The stage's PPOConfig; before the earlier stages exist (init None) the model paths are the base's.
     Raises UserError for settings TRL rejects."""
     from trl.experimental.ppo import PPOConfig
 
-    start = common.start_dir(recipe, init) if init else recipe["base_model"]["path"]
-    return common.build_config(PPOConfig, stage, recipe["seed"], stage_dir, False, defaults=PPO_DEFAULTS,
+    start = common.start_dir(shared.base_model, init) if init else shared.base_model["path"]
+    return common.build_config(PPOConfig, stage, shared.seed, stage_dir, False, defaults=PPO_DEFAULTS,
                                sft_model_path=start, reward_model_path=(init or {}).get("reward_model") or start)
 
 
-def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
+def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) -> dict:
     from trl.experimental.ppo import PPOTrainer
 
     from finetune.modeling import load_reward_model
 
-    tokenizer = common.stage_tokenizer(recipe, init)
+    tokenizer = common.stage_tokenizer(shared.base_model, init)
     tokenizer.padding_side = "left"  # queries are generated from, so they are padded on the left
-    data = stage_data(recipe, stage, "prompts")
-    common.require_chat_template(tokenizer, data, recipe, stage)
+    data = stage_data(shared.sources, stage, shared.seed, "prompts")
+    common.require_chat_template(tokenizer, data, shared.base_model, stage)
     train = tokenize_prompts(data["train"], tokenizer, data["kind"])
     # PPOTrainer always builds an eval loader; without an eval split, a few training prompts serve.
     evald = tokenize_prompts(data["eval"], tokenizer, data["kind"]) if data["eval"] is not None else train.select(
         range(min(8, len(train))))
     reward_dir = init["reward_model"]
-    args = config(recipe, stage, data, stage_dir, init)
-    policy, source = common.load_policy(recipe, stage, init, args.gradient_checkpointing)
-    reward_model, _ = load_reward_model(reward_dir, recipe["base_model"], tokenizer)
-    value_model, _ = load_reward_model(reward_dir, recipe["base_model"], tokenizer)
+    args = config(shared, stage, data, stage_dir, init)
+    policy, source = common.load_policy(shared.base_model, stage, init, args.gradient_checkpointing)
+    reward_model, _ = load_reward_model(reward_dir, shared.base_model, tokenizer)
+    value_model, _ = load_reward_model(reward_dir, shared.base_model, tokenizer)
     peft = modeling.peft_config(stage["peft"]) if stage["peft"] else None
     log(f"policy from {source}; reward and value models from {reward_dir}")
     trainer = common.build_trainer(PPOTrainer, stage, args=args, processing_class=tokenizer, model=policy,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from finetune import modeling
+from finetune.recipe_types import Shared, Stage
 from finetune.stages import common
 
 
@@ -45,7 +46,7 @@ def pairwise_accuracy(model, tokenizer, pairs, kind: str) -> dict:
 def _match_head_dtype(model) -> None:
     """Give the trained score head the dtype of the hidden states it receives.
 
-    TRL 1.12 casts every trainable parameter of a quantised model to bf16 (the QLoRA recipe), the new score
+    TRL 1.12 casts every trainable parameter of a quantised model to bf16 (the QLoRA shared), the new score
     head included; but k-bit preparation keeps norms in fp32, so the head then gets fp32 inputs and the
     matmul fails. LoRA layers cast their inputs themselves; the plain head does not.
     """
@@ -56,19 +57,19 @@ def _match_head_dtype(model) -> None:
 
 
 
-def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | None = None):
+def config(shared: Shared, stage: Stage, data: dict, stage_dir: Path, init: dict | None = None):
     """The stage's RewardConfig (what `run` trains with); UserError for settings TRL rejects."""
     from trl import RewardConfig
 
-    return common.plain_config(RewardConfig, recipe, stage, data, stage_dir)
+    return common.plain_config(RewardConfig, stage, shared.seed, data, stage_dir)
 
-def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
+def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) -> dict:
     from trl import RewardConfig, RewardTrainer
 
     from finetune.artifacts import merge_adapter
 
-    tokenizer, data, args, pair_audit = common.prepare_pairs(recipe, stage, init, stage_dir, RewardConfig, log)
-    model, source = common.load_policy(recipe, stage, init, args.gradient_checkpointing,
+    tokenizer, data, args, pair_audit = common.prepare_pairs(shared, stage, init, stage_dir, RewardConfig, log)
+    model, source = common.load_policy(shared.base_model, stage, init, args.gradient_checkpointing,
                                        auto_class="AutoModelForSequenceClassification", num_labels=1)
     model.config.pad_token_id = tokenizer.pad_token_id
     # SEQ_CLS adapters train (and save) the new score head in full alongside the LoRA weights.
@@ -83,7 +84,7 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
         trainer.save_model(str(stage_dir / "adapter"))
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(str(stage_dir / "adapter"))
-            merge_adapter(stage_dir / "adapter", out, recipe["base_model"])
+            merge_adapter(stage_dir / "adapter", out, shared.base_model)
     else:
         trainer.save_model(str(out))
         if trainer.is_world_process_zero():
@@ -92,7 +93,7 @@ def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> di
     accuracy = None
     if trainer.is_world_process_zero():
         held_out = data["eval"] if data["eval"] is not None else data["train"]
-        reloaded, _ = modeling.load_reward_model(out, recipe["base_model"], tokenizer)
+        reloaded, _ = modeling.load_reward_model(out, shared.base_model, tokenizer)
         accuracy = {**pairwise_accuracy(reloaded, tokenizer, held_out, data["kind"]),
                     "split": "eval" if data["eval"] is not None else "train (no eval_split set)"}
         log(f"reward model pairwise accuracy on {accuracy['split']}: {accuracy['accuracy']:.3f} "

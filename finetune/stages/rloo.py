@@ -11,12 +11,13 @@ from pathlib import Path
 from finetune import modeling, rewards
 from finetune.data import stage_data
 from finetune.errors import UserError
+from finetune.recipe_types import Shared, Stage
 from finetune.stages import common
 
 ONLINE_DEFAULTS = {"max_completion_length": 32, "num_generations": 4, "log_completions": False}
 
 
-def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | None = None):
+def config(shared: Shared, stage: Stage, data: dict, stage_dir: Path, init: dict | None = None):
     """The stage's RLOOConfig or GRPOConfig. Raises UserError for settings TRL rejects, or for verifiable
     rewards (squad_f1, ...) on prompt data without the `answers` column they score against."""
     import trl
@@ -26,26 +27,26 @@ def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | 
         raise UserError(f"stage {stage['name']}: rewards {sorted(set(weights) & rewards.NEEDS_ANSWERS)} score "
                         f"against gold answers: the prompt data needs an `answers` column (a list of texts)")
     config_cls = trl.RLOOConfig if stage["kind"] == "rloo" else trl.GRPOConfig
-    return common.build_config(config_cls, stage, recipe["seed"], stage_dir, data["eval"] is not None,
+    return common.build_config(config_cls, stage, shared.seed, stage_dir, data["eval"] is not None,
                                defaults=ONLINE_DEFAULTS)
 
 
-def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
+def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) -> dict:
     import trl
 
     from finetune.modeling import load_reward_model
 
     trainer_cls = trl.RLOOTrainer if stage["kind"] == "rloo" else trl.GRPOTrainer
-    tokenizer = common.stage_tokenizer(recipe, init)
-    data = stage_data(recipe, stage, "prompts")
-    common.require_chat_template(tokenizer, data, recipe, stage)
-    args = config(recipe, stage, data, stage_dir, init)
+    tokenizer = common.stage_tokenizer(shared.base_model, init)
+    data = stage_data(shared.sources, stage, shared.seed, "prompts")
+    common.require_chat_template(tokenizer, data, shared.base_model, stage)
+    args = config(shared, stage, data, stage_dir, init)
     weights = stage["rewards"] or {"reward_model": 1.0}
-    policy, source = common.load_policy(recipe, stage, init, args.gradient_checkpointing)
+    policy, source = common.load_policy(shared.base_model, stage, init, args.gradient_checkpointing)
     funcs, processing = [], []
     for name in weights:
         if name == "reward_model":
-            model, reward_tokenizer = load_reward_model(init["reward_model"], recipe["base_model"])
+            model, reward_tokenizer = load_reward_model(init["reward_model"], shared.base_model)
             funcs.append(model)
             processing.append(reward_tokenizer)
         else:

@@ -7,6 +7,7 @@ from pathlib import Path
 from finetune import audit, chat_templates, modeling, packing
 from finetune.data import stage_data
 from finetune.errors import UserError
+from finetune.recipe_types import Shared, Stage
 from finetune.stages import common
 
 # stage.loss -> (assistant_only_loss, completion_only_loss) for each data kind; None = not applicable.
@@ -28,7 +29,7 @@ def loss_flags(kind: str, loss: str, stage_name: str) -> dict:
     return out
 
 
-def _explain(error: Exception, stage: dict) -> str | None:
+def _explain(error: Exception, stage: Stage) -> str | None:
     """Messages for the SFTTrainer failures that come from the chat template."""
     text = str(error)
     if "no assistant tokens" in text:
@@ -42,16 +43,16 @@ def _explain(error: Exception, stage: dict) -> str | None:
     return None
 
 
-def config(recipe: dict, stage: dict, data: dict, stage_dir: Path, init: dict | None = None):
+def config(shared: Shared, stage: Stage, data: dict, stage_dir: Path, init: dict | None = None):
     """The stage's SFTConfig: its `train:` block, our defaults, and the loss flags its data kind gets.
     Raises UserError for a `loss:` that does not fit the data or settings TRL rejects."""
     from trl import SFTConfig
 
-    return common.build_config(SFTConfig, stage, recipe["seed"], stage_dir, data["eval"] is not None,
+    return common.build_config(SFTConfig, stage, shared.seed, stage_dir, data["eval"] is not None,
                                **loss_flags(data["kind"], stage["loss"], stage["name"]))
 
 
-def build(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
+def build(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) -> dict:
     """Everything up to the first step: tokenizer, data, checked chat templates, model, the TRL trainer.
 
     Returns {"trainer", "tokenizer", "data", "args", "source", "training_template"}; `trainer.train_dataset`
@@ -64,15 +65,15 @@ def build(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> 
     for owned in ("assistant_only_loss", "completion_only_loss"):
         if owned in stage["train"]:
             raise UserError(f"stage {stage['name']}: train.{owned}: set the stage's `loss:` instead")
-    tokenizer = common.stage_tokenizer(recipe, init)
-    data = stage_data(recipe, stage)
+    tokenizer = common.stage_tokenizer(shared.base_model, init)
+    data = stage_data(shared.sources, stage, shared.seed)
     for name, src in data["report"]["sources"].items():
         dropped = ", ".join(f"{n} {r}" for r, n in src["dropped"].items())
         log(f"data {name}: {src['rows']} rows, format {src['format']}" + (f", dropped {dropped}" if dropped else ""))
-    common.require_chat_template(tokenizer, data, recipe, stage)
-    args = config(recipe, stage, data, stage_dir, init)
-    source = common.start_dir(recipe, init)
-    model = modeling.load_base_model(recipe["base_model"], stage["quantization"], path=source)
+    common.require_chat_template(tokenizer, data, shared.base_model, stage)
+    args = config(shared, stage, data, stage_dir, init)
+    source = common.start_dir(shared.base_model, init)
+    model = modeling.load_base_model(shared.base_model, stage["quantization"], path=source)
     model = modeling.prepare_trainable(model, stage["peft"], stage["quantization"], args.gradient_checkpointing)
     params = modeling.count_parameters(model)
     log(f"model: {params['trainable']:,} of {params['total']:,} parameters trainable")
@@ -85,7 +86,7 @@ def build(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> 
     served = tokenizer.chat_template
     training = None
     if data["kind"] == "chat":
-        training = chat_templates.training_template_for(tokenizer, recipe["base_model"])
+        training = chat_templates.training_template_for(tokenizer, shared.base_model)
         if training and args.assistant_only_loss:
             log(f"chat template: training with {training[1]}, checked to render as the model's own template")
         check_turns_kept(data["train"], training[0] if training else served, tokenizer, stage["name"])
@@ -103,9 +104,9 @@ def build(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> 
             "training_template": training if args.assistant_only_loss else None}
 
 
-def run(recipe: dict, stage: dict, init: dict, stage_dir: Path, log=print) -> dict:
+def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) -> dict:
     """Train one SFT stage; returns what the manifest records (artifact, data and audit reports, metrics)."""
-    built = build(recipe, stage, init, stage_dir, log)
+    built = build(shared, stage, init, stage_dir, log)
     trainer, tokenizer, data, args, source = (built[k] for k in ("trainer", "tokenizer", "data", "args", "source"))
     training = built["training_template"]
     report = None
