@@ -16,7 +16,8 @@ def adapter_base(adapter_dir: Path) -> str:
     try:
         return json.loads(cfg.read_text())["base_model_name_or_path"]
     except (OSError, KeyError, json.JSONDecodeError):
-        raise UserError(f"{adapter_dir}: not a peft adapter folder (adapter_config.json missing or unreadable)") from None
+        raise UserError(f"{adapter_dir}: not a peft adapter folder "
+                        f"(adapter_config.json missing or unreadable)") from None
 
 
 def _head_for(adapter_dir: Path) -> tuple[str, dict]:
@@ -77,8 +78,11 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: dict
     return out
 
 
+MERGE_PROBE = "Context: The river runs to the sea.\nQuestion: Where does the river run?"
+
+
 def quantised_merge_gap(adapter_dir: str | Path, merged_dir: str | Path, quant: dict,
-                        probe: str = "Context: The river runs to the sea.\nQuestion: Where does the river run?") -> dict:
+                        probe: str = MERGE_PROBE) -> dict:
     """How far a merged QLoRA model is from the 4-bit model that was trained and evaluated.
 
     The adapter learned on NF4-dequantised weights; merging adds it to the unquantised ones, so the shipped

@@ -186,27 +186,31 @@ def _normalise_row(row: dict, fmt: str) -> tuple[dict | None, str | None]:
     turns = row["messages"] if fmt == "messages" else row["conversations"]
     if not isinstance(turns, list):
         raise ValueError(f"{'messages' if fmt == 'messages' else 'conversations'} must be a list")
-    messages = []
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict):
-            raise ValueError(f"turn {i} must be an object")
-        if fmt == "sharegpt":
-            role, content = SHAREGPT_ROLES.get(str(turn.get("from")).lower()), turn.get("value")
-            if role is None:
-                raise ValueError(f"turn {i}: unknown 'from' value {turn.get('from')!r}")
-        else:
-            role, content = turn.get("role"), turn.get("content")
-            if role not in CHAT_ROLES:
-                raise ValueError(f"turn {i}: role must be one of {', '.join(CHAT_ROLES)}, got {role!r}")
-        if not isinstance(content, str):
-            raise ValueError(f"turn {i}: content must be a string")
-        messages.append({"role": role, "content": content})
+    messages = [_turn(i, turn, fmt) for i, turn in enumerate(turns)]
     answers = [m for m in messages if m["role"] == "assistant"]
     if not answers:
         return None, "no assistant turn"
     if any(not m["content"].strip() for m in answers):
         return None, "empty assistant turn"
     return {"messages": messages}, None
+
+
+def _turn(i: int, turn: Any, fmt: str) -> dict:
+    """One chat turn as {role, content}: a messages turn as it is, a ShareGPT turn ({from, value}) mapped.
+    Raises ValueError naming the turn."""
+    if not isinstance(turn, dict):
+        raise ValueError(f"turn {i} must be an object")
+    if fmt == "sharegpt":
+        role, content = SHAREGPT_ROLES.get(str(turn.get("from")).lower()), turn.get("value")
+        if role is None:
+            raise ValueError(f"turn {i}: unknown 'from' value {turn.get('from')!r}")
+    else:
+        role, content = turn.get("role"), turn.get("content")
+        if role not in CHAT_ROLES:
+            raise ValueError(f"turn {i}: role must be one of {', '.join(CHAT_ROLES)}, got {role!r}")
+    if not isinstance(content, str):
+        raise ValueError(f"turn {i}: content must be a string")
+    return {"role": role, "content": content}
 
 
 def normalise(ds, fmt: str, where: str):

@@ -51,7 +51,8 @@ def load_task(name_or_path: str) -> dict:
         raise UserError(f"{path}: format must be one of {', '.join(FORMATS)}, got {task['format']!r}")
     task["answer"] = _check_answer_rule(path, task["answer"])
     if task["few_shot"] and not task["few_shot_data"]:
-        raise UserError(f"{path}: few_shot: {task['few_shot']} needs `few_shot_data` (shots come from a separate split)")
+        raise UserError(f"{path}: few_shot: {task['few_shot']} needs `few_shot_data` "
+                        f"(shots come from a separate split)")
     task["sha256"] = hashlib.sha256(json.dumps(task, sort_keys=True).encode()).hexdigest()
     if path.parent == TASK_DIR:  # a shipped task's data paths are from the project root, wherever we run
         for key in ("data", "few_shot_data"):
@@ -71,7 +72,8 @@ _TASK_TYPES = {
     "chat_template": ("true or false", lambda v: isinstance(v, bool)),
     "few_shot": ("a whole number >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     "few_shot_data": ("a path (string) or null", lambda v: v is None or isinstance(v, str)),
-    "stop": ("a list of non-empty strings", lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v)),
+    "stop": ("a list of non-empty strings",
+             lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v)),
     "max_new_tokens": ("a whole number >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
     "abstain": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
     "system": ("a string or null", lambda v: v is None or isinstance(v, str)),
@@ -325,7 +327,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     removed (the stop string stays: `extract_answer` cuts there). Side effect: tokenizer.padding_side = "left".
 
     Prompts are batched longest first (as lm-evaluation-harness does), so a batch holds prompts of similar
-    length and pads little (`group_by_length=False`: in the given order, for benchmarks). A finished row still occupies its batch until the batch's last row stops;
+    length and pads little (`group_by_length=False`: in the given order, for benchmarks). A finished row still
+    occupies its batch until the batch's last row stops;
     `stats`, when given, receives `generated_positions` (batch rows x steps generated), `useful_tokens` (up
     to and including each row's first end-of-sequence or pad token) and `wasted_share` (the rest, 0-1).
     """
@@ -517,4 +520,5 @@ def comparison_table(comparisons: list[dict]) -> str:
                      f"{c['delta_exact_ci'][1]:+.1f}) | {c['p_exact']:.3g} | {c['delta_f1']:+.1f}{mark['f1']} "
                      f"({c['delta_f1_ci'][0]:+.1f} to {c['delta_f1_ci'][1]:+.1f}) | {c['p_f1']:.3g} | "
                      f"{c['lost']} | {c['gained']} |")
-    return "\n".join(lines) + f"\n\n`*`: the paired test gives p < {stats.ALPHA}; without it the difference is noise.\n"
+    note = f"`*`: the paired test gives p < {stats.ALPHA}; without it the difference is noise."
+    return "\n".join(lines) + f"\n\n{note}\n"

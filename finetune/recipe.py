@@ -17,6 +17,7 @@ import yaml
 
 from finetune import chat_templates, schema, userfiles
 from finetune.errors import UserError
+from finetune.recipe_types import Recipe
 from finetune.schema import HUB_ID, REQUIRED, Key, ListOf, MapOf, Section
 from finetune.trl_fields import check_value_type, config_class_name, config_fields
 from finetune.userfiles import parse_yaml
@@ -132,28 +133,9 @@ def _type_name(types: tuple[type, ...]) -> str:
 
 
 def _check(spec: Any, value: Any, key: str, file: str) -> Any:
-    """Validate `value` against `spec`, returning it with defaults filled in."""
+    """Validate `value` against `spec`, returning it with defaults filled in. Raises UserError `file: key: ...`."""
     if isinstance(spec, Section):
-        if value is None:
-            return None if spec.default is None else _check(spec, {}, key, file)
-        if not isinstance(value, dict):
-            raise UserError(f"{file}: {key}: expected a mapping, got {type(value).__name__}")
-        for k in value:
-            if k not in spec.keys:
-                raise UserError(f"{file}: {_join(key, k)}: unknown key{did_you_mean(str(k), spec.keys)}")
-        out = {}
-        for k, sub in spec.keys.items():
-            if k in value:
-                out[k] = _check(sub, value[k], _join(key, k), file)
-            elif isinstance(sub, Key) and sub.default is REQUIRED:
-                raise UserError(f"{file}: {_join(key, k)}: required key missing ({sub.help})")
-            elif isinstance(sub, Key):
-                out[k] = copy.deepcopy(sub.default)
-            elif isinstance(sub, Section):
-                out[k] = _check(sub, None, _join(key, k), file)
-            else:
-                out[k] = {} if isinstance(sub, MapOf) else []
-        return out
+        return _check_section(spec, value, key, file)
     if isinstance(spec, MapOf):
         if value is None:
             return {}
@@ -164,13 +146,41 @@ def _check(spec: Any, value: Any, key: str, file: str) -> Any:
         if not isinstance(value, list):
             raise UserError(f"{file}: {key}: expected a list, got {type(value).__name__}")
         return [_check(spec.item, v, f"{key}[{i}]", file) for i, v in enumerate(value)]
-    # Key
+    return _check_key(spec, value, key, file)
+
+
+def _check_section(spec: Section, value: Any, key: str, file: str) -> dict | None:
+    """A mapping with fixed keys: unknown keys refused (with a suggestion), required ones demanded, every
+    missing one filled with its default (a copy). An omitted section with default None stays None."""
+    if value is None:
+        return None if spec.default is None else _check_section(spec, {}, key, file)
+    if not isinstance(value, dict):
+        raise UserError(f"{file}: {key}: expected a mapping, got {type(value).__name__}")
+    for k in value:
+        if k not in spec.keys:
+            raise UserError(f"{file}: {_join(key, k)}: unknown key{did_you_mean(str(k), spec.keys)}")
+    out = {}
+    for k, sub in spec.keys.items():
+        if k in value:
+            out[k] = _check(sub, value[k], _join(key, k), file)
+        elif isinstance(sub, Key) and sub.default is REQUIRED:
+            raise UserError(f"{file}: {_join(key, k)}: required key missing ({sub.help})")
+        elif isinstance(sub, Key):
+            out[k] = copy.deepcopy(sub.default)
+        elif isinstance(sub, Section):
+            out[k] = _check_section(sub, None, _join(key, k), file)
+        else:
+            out[k] = {} if isinstance(sub, MapOf) else []
+    return out
+
+
+def _check_key(spec: Key, value: Any, key: str, file: str) -> Any:
+    """A leaf value: its type (a bool is not a number), its choices and its minimum."""
     if value is None:
         if spec.default is REQUIRED:
             raise UserError(f"{file}: {key}: must not be empty ({spec.help})")
         return None
-    ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
-    if not ok:
+    if not isinstance(value, spec.types) or (isinstance(value, bool) and bool not in spec.types):
         raise UserError(f"{file}: {key}: expected {_type_name(spec.types)}, got {value!r}")
     if spec.choices and value not in spec.choices:
         hint = did_you_mean(str(value), [str(c) for c in spec.choices])
@@ -214,81 +224,110 @@ def _check_local_path(value: str, key: str, file: str, kind: str) -> None:
         raise UserError(f"{file}: {key}: {kind} '{value}' not found (relative paths are from the working directory)")
 
 
-def validate(raw: dict, file: str) -> dict:
-    """Check a merged, overridden recipe dict and return it with every default filled in."""
+def validate(raw: dict, file: str) -> Recipe:
+    """Check a merged, overridden recipe dict and return it with every default filled in.
+
+    Static: reads the files the recipe names (chat templates, eval tasks) but no data rows and no model;
+    imports no torch. Raises UserError `file: key: problem` on the first mistake."""
     recipe = _check(schema.RECIPE, raw, "", file)
     if not recipe["stages"]:
         raise UserError(f"{file}: stages: a recipe needs at least one stage")
-    bm = recipe["base_model"]
-    _check_local_path(bm["path"], "base_model.path", file, "model")
-    for k in ("tokenizer",):
-        if bm[k]:
-            _check_local_path(bm[k], f"base_model.{k}", file, "tokenizer")
-    for key in ("chat_template", "training_chat_template"):
-        if bm[key] and not Path(bm[key]).is_file():
-            raise UserError(f"{file}: base_model.{key}: file '{bm[key]}' not found")
-        if bm[key]:
-            try:
-                userfiles.read_chat_template(bm[key])
-            except UserError as e:
-                raise UserError(f"{file}: base_model.{key}: {e}") from None
-    chat_templates.fidelity_note(bm, file)  # a training template that renders another text fails here
+    _check_base_model(recipe["base_model"], file)
     for name, src in recipe["data"].items():
-        _check_local_path(src["path"], f"data.{name}.path", file, "data")
-        for col in src["columns"]:
-            if col not in schema.COLUMN_TARGETS:
-                raise UserError(f"{file}: data.{name}.columns.{col}: not a standard column; use one of "
-                                f"{', '.join(schema.COLUMN_TARGETS)}{did_you_mean(str(col), schema.COLUMN_TARGETS)}")
+        _check_source(name, src, file)
     seen_names: set[str] = set()
     for i, stage in enumerate(recipe["stages"]):
-        key = f"stages[{i}]"
-        stage["name"] = stage["name"] or stage["kind"]
-        if stage["name"] == "base" or stage["name"].endswith("-start"):
-            raise UserError(f"{file}: {key}.name: '{stage['name']}' is reserved for evaluation labels (the base "
-                            f"model, a distilled student before training); choose another name")
-        if stage["name"] in seen_names:
-            raise UserError(f"{file}: {key}.name: duplicate stage name '{stage['name']}'; give each stage a name")
-        seen_names.add(stage["name"])
-        if isinstance(stage["data"], list) and not all(isinstance(n, str) for n in stage["data"]):
-            raise UserError(f"{file}: {key}.data: list data source names, or map names to weights "
-                            f"({{chat: 3, alpaca: 1}})")
-        weighted = isinstance(stage["data"], dict)
-        sources = stage["data"] if weighted else {n: None for n in stage["data"]}
-        if not sources:
-            raise UserError(f"{file}: {key}.data: name at least one data source")
-        for src, weight in sources.items():
-            if src not in recipe["data"]:
-                raise UserError(f"{file}: {key}.data: unknown data source '{src}'{did_you_mean(str(src), recipe['data'])}")
-            if weighted and (isinstance(weight, bool) or not isinstance(weight, (int, float))
-                             or not math.isfinite(weight) or weight <= 0):
-                raise UserError(f"{file}: {key}.data.{src}: weight must be a positive number, got {weight!r}")
-        stage["data"] = {k: None if v is None else float(v) for k, v in sources.items()}
-        stage["train"] = stage["train"] or {}
-        if not math.isfinite(stage["eval_split"]) or stage["eval_split"] < 0 or (stage["eval_split"] >= 1 and stage["eval_split"] != int(stage["eval_split"])):
-            raise UserError(f"{file}: {key}.eval_split: use a fraction in [0, 1) or a whole count of rows")
-        if stage["quantization"] and not stage["peft"]:
-            raise UserError(f"{file}: {key}.quantization: a quantised base can only be trained through an "
-                            f"adapter; add a `peft:` block (QLoRA) or remove `quantization`")
-        _check_train_block(stage["kind"], stage["train"], f"{key}.train", file)
-        _check_rewards(stage, key, file)
-        _check_peft(stage, key, file)
-        _check_distill(stage, key, file)
-        _check_watch(stage, recipe["eval"], key, file)
-        _check_sample_pairs(stage, key, file)
-    _resolve_stage_links(recipe["stages"], file, bm["path"])
+        _check_stage(stage, f"stages[{i}]", recipe, seen_names, file)
+    _resolve_stage_links(recipe["stages"], file, recipe["base_model"]["path"])
     if recipe["eval"]:
-        from finetune.evaluation import check_task
-
-        for j, task in enumerate(recipe["eval"]["tasks"]):
-            if not isinstance(task, str) or not task.strip():
-                raise UserError(f"{file}: eval.tasks[{j}]: name a task or give a task .yaml path, got {task!r}")
-            if task.endswith((".yaml", ".yml")) and not Path(task).is_file():
-                raise UserError(f"{file}: eval.tasks[{j}]: task file '{task}' not found")
-            try:  # a misspelt task or a bad row fails here, not after every stage has trained
-                check_task(task)
-            except UserError as e:
-                raise UserError(f"{file}: eval.tasks[{j}]: {e}") from None
+        _check_eval_tasks(recipe["eval"]["tasks"], file)
     return recipe
+
+
+def _check_base_model(bm: dict, file: str) -> None:
+    """The model and tokenizer exist (a local path, or what looks like a hub id), the chat templates read and
+    the training template renders as the served one."""
+    _check_local_path(bm["path"], "base_model.path", file, "model")
+    if bm["tokenizer"]:
+        _check_local_path(bm["tokenizer"], "base_model.tokenizer", file, "tokenizer")
+    for key in ("chat_template", "training_chat_template"):
+        if not bm[key]:
+            continue
+        if not Path(bm[key]).is_file():
+            raise UserError(f"{file}: base_model.{key}: file '{bm[key]}' not found")
+        try:
+            userfiles.read_chat_template(bm[key])
+        except UserError as e:
+            raise UserError(f"{file}: base_model.{key}: {e}") from None
+    chat_templates.fidelity_note(bm, file)  # a training template that renders another text fails here
+
+
+def _check_source(name: str, src: dict, file: str) -> None:
+    _check_local_path(src["path"], f"data.{name}.path", file, "data")
+    for col in src["columns"]:
+        if col not in schema.COLUMN_TARGETS:
+            raise UserError(f"{file}: data.{name}.columns.{col}: not a standard column; use one of "
+                            f"{', '.join(schema.COLUMN_TARGETS)}{did_you_mean(str(col), schema.COLUMN_TARGETS)}")
+
+
+def _check_stage(stage: dict, key: str, recipe: dict, seen_names: set[str], file: str) -> None:
+    """One stage: its name (defaulted to the kind, unique, not reserved), its data, its `train:` block and
+    the blocks of its kind. Side effects: fills `name`, turns `data` into {source: weight or None}."""
+    stage["name"] = stage["name"] or stage["kind"]
+    if stage["name"] == "base" or stage["name"].endswith("-start"):
+        raise UserError(f"{file}: {key}.name: '{stage['name']}' is reserved for evaluation labels (the base "
+                        f"model, a distilled student before training); choose another name")
+    if stage["name"] in seen_names:
+        raise UserError(f"{file}: {key}.name: duplicate stage name '{stage['name']}'; give each stage a name")
+    seen_names.add(stage["name"])
+    stage["data"] = _stage_sources(stage["data"], recipe["data"], key, file)
+    stage["train"] = stage["train"] or {}
+    split = stage["eval_split"]
+    if not math.isfinite(split) or split < 0 or (split >= 1 and split != int(split)):
+        raise UserError(f"{file}: {key}.eval_split: use a fraction in [0, 1) or a whole count of rows")
+    if stage["quantization"] and not stage["peft"]:
+        raise UserError(f"{file}: {key}.quantization: a quantised base can only be trained through an "
+                        f"adapter; add a `peft:` block (QLoRA) or remove `quantization`")
+    _check_train_block(stage["kind"], stage["train"], f"{key}.train", file)
+    _check_rewards(stage, key, file)
+    _check_peft(stage, key, file)
+    _check_distill(stage, key, file)
+    _check_watch(stage, recipe["eval"], key, file)
+    _check_sample_pairs(stage, key, file)
+
+
+def _stage_sources(data: list | dict, sources: dict, key: str, file: str) -> dict[str, float | None]:
+    """A stage's `data:` as {source name: weight}: a list means every row once (weight None)."""
+    if isinstance(data, list) and not all(isinstance(n, str) for n in data):
+        raise UserError(f"{file}: {key}.data: list data source names, or map names to weights "
+                        f"({{chat: 3, alpaca: 1}})")
+    weighted = isinstance(data, dict)
+    named = data if weighted else {n: None for n in data}
+    if not named:
+        raise UserError(f"{file}: {key}.data: name at least one data source")
+    for src, weight in named.items():
+        if src not in sources:
+            raise UserError(f"{file}: {key}.data: unknown data source '{src}'{did_you_mean(str(src), sources)}")
+        if weighted and (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                         or not math.isfinite(weight) or weight <= 0):
+            raise UserError(f"{file}: {key}.data.{src}: weight must be a positive number, got {weight!r}")
+    return {k: None if v is None else float(v) for k, v in named.items()}
+
+
+def _check_eval_tasks(tasks: list, file: str) -> None:
+    """Every eval task resolves and its questions validate: a misspelt task fails here, not after every stage
+    has trained."""
+    from finetune.evaluation import check_task
+
+    for j, task in enumerate(tasks):
+        if not isinstance(task, str) or not task.strip():
+            raise UserError(f"{file}: eval.tasks[{j}]: name a task or give a task .yaml path, got {task!r}")
+        if task.endswith((".yaml", ".yml")) and not Path(task).is_file():
+            raise UserError(f"{file}: eval.tasks[{j}]: task file '{task}' not found")
+        try:
+            check_task(task)
+        except UserError as e:
+            raise UserError(f"{file}: eval.tasks[{j}]: {e}") from None
 
 
 def _check_watch(stage: dict, eval_cfg: dict | None, key: str, file: str) -> None:
@@ -459,30 +498,38 @@ def _resolve_stage_links(stages: list[dict], file: str, base_path: str) -> None:
             raise UserError(f"{file}: {key}: set `student:` or `from:`, not both (both say where the student starts)")
         start = earlier.get(stage["from"]) if stage["from"] else None
         if start and start["peft"] and start["peft"]["method"] in schema.PROMPT_LEARNING_METHODS:
-            raise UserError(f"{file}: {key}.from: '{start['name']}' trained a soft prompt ({start['peft']['method']}), "
+            raise UserError(f"{file}: {key}.from: '{start['name']}' trained a soft prompt "
+                            f"({start['peft']['method']}), "
                             f"which cannot be merged into the weights a later stage starts from; start from another "
                             f"stage or train '{start['name']}' with lora")
         if stage["kind"] == "distill":
             _resolve_teacher(stage, earlier, base_path, key, file)
-        uses_model = stage["kind"] == "ppo" or not stage.get("rewards") or "reward_model" in stage["rewards"]
-        if stage["kind"] in schema.ONLINE_KINDS and not uses_model:
-            if stage["reward_model"] is not None:
-                raise UserError(f"{file}: {key}.reward_model: the stage's rewards: do not include reward_model")
-        elif stage["kind"] in schema.ONLINE_KINDS:
-            if stage["reward_model"] is None:
-                if not rewards:
-                    raise UserError(f"{file}: {key}: a {stage['kind']} stage needs a reward model; add a reward "
-                                    f"stage before it (or name one with reward_model:)")
-                stage["reward_model"] = rewards[-1]
-            elif stage["reward_model"] not in rewards:
-                raise UserError(f"{file}: {key}.reward_model: '{stage['reward_model']}' is not an earlier reward "
-                                f"stage{did_you_mean(stage['reward_model'], rewards)}")
-        elif stage["reward_model"] is not None:
-            raise UserError(f"{file}: {key}.reward_model: only ppo, rloo and grpo stages use a reward model")
+        _resolve_reward_model(stage, rewards, key, file)
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Read, extend, override and validate a recipe. Returns the resolved recipe dict."""
+def _resolve_reward_model(stage: dict, rewards: list[str], key: str, file: str) -> None:
+    """Fill in and check an online stage's `reward_model` (the latest earlier reward stage by default); other
+    stages, and online stages whose `rewards:` leave the reward model out, must not name one."""
+    uses_model = stage["kind"] == "ppo" or not stage.get("rewards") or "reward_model" in stage["rewards"]
+    if stage["kind"] in schema.ONLINE_KINDS and not uses_model:
+        if stage["reward_model"] is not None:
+            raise UserError(f"{file}: {key}.reward_model: the stage's rewards: do not include reward_model")
+    elif stage["kind"] in schema.ONLINE_KINDS:
+        if stage["reward_model"] is None:
+            if not rewards:
+                raise UserError(f"{file}: {key}: a {stage['kind']} stage needs a reward model; add a reward "
+                                f"stage before it (or name one with reward_model:)")
+            stage["reward_model"] = rewards[-1]
+        elif stage["reward_model"] not in rewards:
+            raise UserError(f"{file}: {key}.reward_model: '{stage['reward_model']}' is not an earlier reward "
+                            f"stage{did_you_mean(stage['reward_model'], rewards)}")
+    elif stage["reward_model"] is not None:
+        raise UserError(f"{file}: {key}.reward_model: only ppo, rloo and grpo stages use a reward model")
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, extend, override and validate a recipe. Returns the resolved recipe (a plain dict, typed as
+    recipe_types.Recipe). Raises UserError `file: key: problem` for the first mistake."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory; give a recipe .yaml file")

@@ -101,30 +101,11 @@ def write_report(run_dir: Path, recipe: Recipe, manifests: dict[str, dict]) -> P
     lines += ["| stage | kind | from | train rows | trainable params | time (s) | peak RSS (GB) | notes | manifest |",
               "|---|---|---|---:|---:|---:|---:|---|---|"]
     for name, m in manifests.items():
-        notes = []
-        if m.get("reward_accuracy"):
-            notes.append(f"held-out accuracy {m['reward_accuracy']['accuracy']:.3f}")
-        if (m.get("ppo") or {}).get("last"):
-            notes.append(f"reward {m['ppo']['first']['objective/scores']:+.3f} → "
-                         f"{m['ppo']['last']['objective/scores']:+.3f}")
-        audit = m.get("label_audit") or {}
-        if "supervised_share" in audit:
-            notes.append(f"{audit['supervised_share']:.0%} of tokens supervised")
-        if "desirable" in audit:
-            notes.append(f"{audit['desirable']} desirable / {audit['undesirable']} undesirable")
-        if m.get("teacher"):
-            notes.append(f"teacher {m['teacher']['stage'] or m['teacher']['model']} "
-                         f"({m['teacher']['parameters'] / m['student_parameters']:.1f}x the student's parameters)")
-        if audit.get("pairs_answer_truncated"):
-            notes.append(f"answers truncated in {audit['pairs_answer_truncated']} of {audit['pairs']} pairs")
-        watched = (m.get("watch") or {}).get("points") or []
-        if watched:
-            notes.append(f"watched F1 {watched[0]['watch/f1']:.1f} → {watched[-1]['watch/f1']:.1f}"
-                         + (f", {len(m['watch']['alarms'])} alarm(s)" if m["watch"]["alarms"] else ""))
         peak = (m.get("memory") or {}).get("peak_rss_mb")
         lines.append(f"| {name} | {m['kind']} | {m['init']['stage'] or 'base'} | {m['data']['train_rows']} | "
                      f"{m['parameters']['trainable']:,} | {m['timings']['seconds']} | "
-                     f"{f'{peak / 1024:.2f}' if peak else ''} | {'; '.join(notes)} | [manifest]({name}/manifest.json) |")
+                     f"{f'{peak / 1024:.2f}' if peak else ''} | {'; '.join(_notes(m))} | "
+                     f"[manifest]({name}/manifest.json) |")
     lines.append("")
     losses = [(name, *_series(_history(run_dir / name), "loss")) for name in manifests]
     if _plot_lines(figs / "loss.png", "training loss per stage", losses, "loss"):
@@ -155,6 +136,32 @@ def write_report(run_dir: Path, recipe: Recipe, manifests: dict[str, dict]) -> P
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _notes(m: dict) -> list[str]:
+    """The short notes of a stage's row in the report's table: reward-model accuracy, PPO reward, what the
+    label audit found, the teacher, the watched F1."""
+    notes = []
+    if m.get("reward_accuracy"):
+        notes.append(f"held-out accuracy {m['reward_accuracy']['accuracy']:.3f}")
+    if (m.get("ppo") or {}).get("last"):
+        notes.append(f"reward {m['ppo']['first']['objective/scores']:+.3f} → "
+                     f"{m['ppo']['last']['objective/scores']:+.3f}")
+    audit = m.get("label_audit") or {}
+    if "supervised_share" in audit:
+        notes.append(f"{audit['supervised_share']:.0%} of tokens supervised")
+    if "desirable" in audit:
+        notes.append(f"{audit['desirable']} desirable / {audit['undesirable']} undesirable")
+    if m.get("teacher"):
+        notes.append(f"teacher {m['teacher']['stage'] or m['teacher']['model']} "
+                     f"({m['teacher']['parameters'] / m['student_parameters']:.1f}x the student's parameters)")
+    if audit.get("pairs_answer_truncated"):
+        notes.append(f"answers truncated in {audit['pairs_answer_truncated']} of {audit['pairs']} pairs")
+    watched = (m.get("watch") or {}).get("points") or []
+    if watched:
+        notes.append(f"watched F1 {watched[0]['watch/f1']:.1f} → {watched[-1]['watch/f1']:.1f}"
+                     + (f", {len(m['watch']['alarms'])} alarm(s)" if m["watch"]["alarms"] else ""))
+    return notes
 
 
 def _watch_section(figs: Path, name: str, watch: dict | None) -> list[str]:
@@ -197,7 +204,8 @@ def _comparisons_section(eval_dir: Path, per_direction: int = 3) -> list[str]:
     for c in comparisons:
         folder = f"comparisons/{c['from']}_vs_{c['to']}/{c['task']}"
         flips_path = eval_dir / folder / "flips.jsonl"
-        flips = [json.loads(x) for x in flips_path.read_text(encoding="utf-8").splitlines()] if flips_path.is_file() else []
+        flips = ([json.loads(x) for x in flips_path.read_text(encoding="utf-8").splitlines()]
+                 if flips_path.is_file() else [])
         if not flips:
             continue
         lines += [f"**{c['task']}: {c['from']} → {c['to']}**, {c['lost']} right→wrong, {c['gained']} wrong→right "

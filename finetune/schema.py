@@ -1,6 +1,7 @@
 """The recipe schema: every key a recipe may hold, its type, default and meaning.
 
-This table is the recipe reference: README's "Recipe reference" table is rendered from it. Stage `train:` blocks are not listed here: they are checked against the TRL config
+This table is the recipe reference: README's "Recipe reference" table is rendered from it. Stage `train:`
+blocks are not listed here: they are checked against the TRL config
 dataclass of the stage's kind (see trl_fields.py).
 """
 
@@ -127,7 +128,8 @@ WATCH = Section({
     "unextractable": Key((int, float), 0.2, "alarm when more than this share of answers cannot be extracted "
                                             "(and more than at the start)"),
     "stop_on_alarm": Key((bool,), False, "stop training at the first alarm (the model so far is kept)"),
-}, "policy stages (sft, dpo, ppo, rloo, grpo, kto, distill): EM/F1 on held-out questions during training, beside reward, KL and length; "
+}, "policy stages (sft, dpo, ppo, rloo, grpo, kto, distill): EM/F1 on held-out questions during training, "
+   "beside reward, KL and length; "
    "alarms when reward rises while F1 falls, lengths drift or answers stop being extractable", default=None)
 
 SAMPLE_PAIRS = Section({

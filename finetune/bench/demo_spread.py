@@ -56,11 +56,12 @@ def run_one(seed: int, path: str, env: dict, out: Path) -> dict:
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     reward = json.loads((run_dir / "reward" / "manifest.json").read_text())["reward_accuracy"]["accuracy"]
     em = {stage: r[demo.TASK]["exact"] for stage, r in results.items()}
+    sft = demo.per_question(run_dir, "sft")
     return {"seed": seed, "path": path, "kernels": kernel_paths.describe(env), "em_base": em["base"],
             "em_sft": em["sft"], "f1_sft": results["sft"][demo.TASK]["f1"], "reward_accuracy": reward,
             "em_ppo_minus_sft": round(em["ppo"] - em["sft"], 4), "em_dpo_minus_sft": round(em["dpo"] - em["sft"], 4),
-            "ppo_p": round(demo.paired_drop(demo.per_question(run_dir, "sft"), demo.per_question(run_dir, "ppo"))["p"], 3),
-            "dpo_p": round(demo.paired_drop(demo.per_question(run_dir, "sft"), demo.per_question(run_dir, "dpo"))["p"], 3),
+            **{f"{stage}_p": round(demo.paired_drop(sft, demo.per_question(run_dir, stage))["p"], 3)
+               for stage in ("ppo", "dpo")},
             "wall_s": round(wall, 1), "checks": demo.checks(results, reward, run_dir)}
 
 
@@ -79,7 +80,8 @@ def table(runs: list[dict]) -> str:
         every = "n/a" if met is None else ("yes" if all(met(v) for v in values) else "**NO**")
         lines.append(f"| {label} | {_num(key, min(values))} | {_num(key, statistics.median(values))} | "
                      f"{_num(key, max(values))} | {target} | {every} |")
-    lines += ["", "| path | seed | EM base | EM SFT | F1 SFT | reward acc. | PPO - SFT (p) | DPO - SFT (p) | wall (s) | targets |",
+    lines += ["", "| path | seed | EM base | EM SFT | F1 SFT | reward acc. | PPO - SFT (p) | DPO - SFT (p) "
+              "| wall (s) | targets |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         missed = [label for label, ok in r["checks"] if not ok]

@@ -264,12 +264,13 @@ def parent(args) -> None:
     ratio_model = model_only["qlora"] / model_only["lora"]
     est_ratio = est["total"]["qlora"] / est["total"]["lora"]
     ratio_tight = peak[("qlora", "tight")] / peak[("lora", "tight")]
-    print(f"  QLoRA / LoRA: {ratio:.2f} as measured (stock), {ratio_tight:.2f} tight, {ratio_model:.2f} model+training  (target <= "
-          f"{TARGET_RATIO}); estimated {est_ratio:.2f} with activations, "
+    print(f"  QLoRA / LoRA: {ratio:.2f} as measured (stock), {ratio_tight:.2f} tight, "
+          f"{ratio_model:.2f} model+training  (target <= {TARGET_RATIO}); estimated {est_ratio:.2f} with activations, "
           f"{est['static']['qlora'] / est['static']['lora']:.2f} for weights + adapter + optimizer alone")
     if ratio > TARGET_RATIO:
-        print(f"  why QLoRA/LoRA misses {TARGET_RATIO} here: (1) the activations (~{est['activations'] / MIB:.0f} MiB at "
-              f"batch 1 x seq {args.seq}, the 49152-token vocabulary's logits included) are the same for both and "
+        print(f"  why QLoRA/LoRA misses {TARGET_RATIO} here: (1) the activations "
+              f"(~{est['activations'] / MIB:.0f} MiB at batch 1 x seq {args.seq}, the 49152-token vocabulary's "
+              f"logits included) are the same for both and "
               f"weigh heavily on a 135M model; (2) the tied 49152 x 576 embedding stays fp32 (bitsandbytes "
               f"quantises Linear layers only): {4 * counts()['embedding'] / MIB:.0f} MiB; (3) glibc keeps freed "
               f"blocks: QLoRA dequantises every 4-bit weight in each forward and backward, and the stock allocator "

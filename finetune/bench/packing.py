@@ -264,7 +264,8 @@ def main(argv=None) -> None:
           f"{flat ** 2 / 1e6:.1f} M", flush=True)
     body, head = matmul_params(args.model)
     ceiling = (body / (1 - pad_share) + head) / (body + head)
-    print(f"  matmul weights per token: body {body / 1e6:.2f} M, LM head {head / 1e6:.2f} M ({head / (body + head):.0%}); "
+    print(f"  matmul weights per token: body {body / 1e6:.2f} M, LM head {head / 1e6:.2f} M "
+          f"({head / (body + head):.0%}); "
           f"TRL's chunked_nll loss runs the head on supervised tokens only, so packing saves only the body's "
           f"padding: ceiling ~{ceiling:.2f}x before attention", flush=True)
     runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
@@ -301,8 +302,9 @@ def main(argv=None) -> None:
     if "control_naive" in leak:
         print(f"    control, positions 0..N-1 (no resets): {leak['control_naive']:.2e}  "
               f"({'leaks, as expected' if leak['control_naive'] > TOLERANCE else 'NO LEAK: the check has no power'})")
-        print(f"    control, TRL batch without use_cache=False: {leak['control_cache']:.2e}  "
-              f"({'leaks: a KV cache turns off the packed-mask derivation' if leak['control_cache'] > TOLERANCE else 'isolated'})")
+        cache = "leaks: a KV cache turns off the packed-mask derivation" if leak["control_cache"] > TOLERANCE \
+            else "isolated"
+        print(f"    control, TRL batch without use_cache=False: {leak['control_cache']:.2e}  ({cache})")
     no_leak = bool(verdicts) and verdicts.get(args.attn, False)
     print(f"  no leak with {args.attn} (the kernel used for training here): {no_leak}")
     met = ratio >= TARGET and no_leak

@@ -30,7 +30,8 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
     if stage["sample_pairs"]:
         return _run_on_sampled_pairs(shared, stage, init, stage_dir, log)
     tokenizer, data, args, pair_audit = common.prepare_pairs(shared, stage, init, stage_dir, DPOConfig, log)
-    return common.train_against_reference(DPOTrainer, shared.base_model, stage, init, stage_dir, tokenizer, data, args, log,
+    return common.train_against_reference(DPOTrainer, shared.base_model, stage, init, stage_dir, tokenizer, data, args,
+                                          log,
                                           label_audit=pair_audit)
 
 
@@ -52,5 +53,6 @@ def _run_on_sampled_pairs(shared: Shared, stage: Stage, init: dict, stage_dir: P
     data = {**data, "train": pairs, "eval": None,
             "report": {**data["report"], "train_rows": len(pairs), "prompt_rows": data["report"]["train_rows"]}}
     pair_audit = audit.preference_audit(pairs, tokenizer, data["kind"], args.max_length, stage["audit"])
-    return common.train_against_reference(DPOTrainer, shared.base_model, stage, init, stage_dir, tokenizer, data, args, log,
+    return common.train_against_reference(DPOTrainer, shared.base_model, stage, init, stage_dir, tokenizer, data, args,
+                                          log,
                                           model=model, label_audit=pair_audit, sampled_pairs=summary)

@@ -41,5 +41,6 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
     label_audit = audit.unpaired_audit(data["train"], tokenizer, data["kind"], args.max_length, stage["audit"])
     log(f"label audit: {label_audit['desirable']} desirable and {label_audit['undesirable']} undesirable rows, "
         f"completions truncated in {label_audit['rows_answer_truncated']}")
-    return common.train_against_reference(KTOTrainer, shared.base_model, stage, init, stage_dir, tokenizer, data, args, log,
+    return common.train_against_reference(KTOTrainer, shared.base_model, stage, init, stage_dir, tokenizer, data, args,
+                                          log,
                                           label_audit=label_audit)
