@@ -12,6 +12,11 @@ from finetune.manifest import read_json
 
 
 def adapter_base(adapter_dir: Path) -> str:
+    """The base model an adapter was trained on: `base_model_name_or_path` from its adapter_config.json.
+
+    Raises UserError naming the folder when adapter_config.json is missing, unreadable, not JSON or lacks the
+    key (the folder is not a peft adapter).
+    """
     cfg = adapter_dir / "adapter_config.json"
     try:
         return json.loads(cfg.read_text())["base_model_name_or_path"]
@@ -124,7 +129,11 @@ def full_model_dir(artifact: dict, base_model: dict | None = None) -> Path:
 
 
 def resolve_target(path: str) -> tuple[Path, dict | None]:
-    """A run folder, stage folder or model/adapter folder -> (model folder, stage manifest or None)."""
+    """A run folder, stage folder or model/adapter folder -> (model folder, stage manifest or None).
+
+    A run folder resolves to the artifact of its most recently started stage. Raises UserError naming `path`
+    when it is none of these (or a run folder with no finished stage manifests).
+    """
     p = Path(path)
     if (p / "config.json").exists() or (p / "adapter_config.json").exists():
         return p, read_json(p.parent / "manifest.json")

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import copy
 import statistics
+from typing import TYPE_CHECKING
 
 from finetune.errors import UserError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
+    from trl import SFTTrainer
 
 IGNORE = -100
 
@@ -22,15 +28,22 @@ def _cut_positions(length: int, max_length: int | None, mode: str) -> range:
     return range(max_length, length) if mode == "keep_start" else range(0, length - max_length)
 
 
-def tokenised_untruncated(trainer, raw_dataset):
+def tokenised_untruncated(trainer: SFTTrainer, raw_dataset: Dataset) -> Dataset:
     """Run TRL's own dataset preparation (same template, masks, EOS handling) without truncation or packing."""
     args = copy.copy(trainer.args)
     args.max_length, args.shuffle_dataset, args.use_liger_kernel = None, False, False
     return trainer._prepare_dataset(raw_dataset, trainer.processing_class, args, False, None, "label audit")
 
 
-def label_audit(trainer, raw_dataset, settings: dict, eos_token_id: int | None) -> dict:
-    """Audit the labels of `raw_dataset` as `trainer` would build them; raise UserError on a failed check."""
+def label_audit(trainer: SFTTrainer, raw_dataset: Dataset, settings: dict, eos_token_id: int | None) -> dict:
+    """Audit the labels of `raw_dataset` as `trainer` would build them; raise UserError on a failed check.
+
+    Returns the manifest's label_audit report (rows, tokens per row, supervised share, EOS and truncation
+    counts). Raises UserError when some row has no supervised token (naming up to five row indices), when
+    `settings["require_eos"]` is set and the EOS token is supervised in no row, when truncation at max_length
+    cuts away the whole answer of every row, or when it cuts into more answers than
+    audit.max_truncated_share allows.
+    """
     args = trainer.args
     prepared = tokenised_untruncated(trainer, raw_dataset)
     strategy = args.packing_strategy if args.packing else None
@@ -97,7 +110,7 @@ def format_report(report: dict) -> str:
             f"{report['rows_answer_truncated']} rows")
 
 
-def _token_counter(tokenizer, kind: str):
+def _token_counter(tokenizer: PreTrainedTokenizerBase, kind: str):
     """count(text or messages, generation_prompt=False) -> tokens, rendered as the trainers render them."""
     if kind == "text":
         def count(text: str, generation_prompt: bool = False) -> int:
@@ -109,7 +122,8 @@ def _token_counter(tokenizer, kind: str):
     return count
 
 
-def _pair_lengths(pairs, tokenizer, kind: str) -> tuple[list[int], list[int], list[int]]:
+def _pair_lengths(pairs: Dataset, tokenizer: PreTrainedTokenizerBase,
+                  kind: str) -> tuple[list[int], list[int], list[int]]:
     """Token lengths of prompt, prompt+chosen and prompt+rejected, rendered as the trainers render them."""
     count = _token_counter(tokenizer, kind)
     prompts, chosen, rejected = [], [], []
@@ -120,8 +134,15 @@ def _pair_lengths(pairs, tokenizer, kind: str) -> tuple[list[int], list[int], li
     return prompts, chosen, rejected
 
 
-def preference_audit(pairs, tokenizer, kind: str, max_length: int | None, settings: dict) -> dict:
-    """Truncation audit for reward/DPO pairs: how many answers `max_length` cuts into, or cuts away."""
+def preference_audit(pairs: Dataset, tokenizer: PreTrainedTokenizerBase, kind: str, max_length: int | None,
+                     settings: dict) -> dict:
+    """Truncation audit for reward/DPO pairs: how many answers `max_length` cuts into, or cuts away.
+
+    Returns {"pairs", "max_length", "tokens": {mean, max}, "pairs_answer_truncated",
+    "pairs_answer_fully_truncated"}, lengths in tokens as the trainers render them. When the audit is enabled,
+    raises UserError when every prompt alone fills max_length (no answer left to compare) or when truncation
+    cuts into more pairs' answers than audit.max_truncated_share allows.
+    """
     prompts, chosen, rejected = _pair_lengths(pairs, tokenizer, kind)
     n = len(prompts)
     cut = [i for i in range(n) if max_length and max(chosen[i], rejected[i]) > max_length]
@@ -138,7 +159,8 @@ def preference_audit(pairs, tokenizer, kind: str, max_length: int | None, settin
     return report
 
 
-def unpaired_audit(rows, tokenizer, kind: str, max_length: int | None, settings: dict) -> dict:
+def unpaired_audit(rows: Dataset, tokenizer: PreTrainedTokenizerBase, kind: str, max_length: int | None,
+                   settings: dict) -> dict:
     """Truncation and label audit for KTO's unpaired rows (prompt, completion, label).
 
     Returns {"rows", "desirable", "undesirable", "max_length", "tokens": {mean, max}, "rows_answer_truncated",

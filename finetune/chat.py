@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from finetune.errors import UserError
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 
 def cmd_merge(args) -> int:
+    """`finetune merge SOURCE OUT`: merge an adapter (or a run's latest adapter) into its base as safetensors.
+
+    For a QLoRA adapter, also prints how far the merged full-precision model's logits are from the 4-bit
+    model that was trained. Raises UserError when SOURCE resolves to a full model rather than an adapter (and,
+    through the helpers, when SOURCE is being written by a live run, is not a model/stage/run folder, or OUT
+    is not empty).
+    """
     from finetune.artifacts import merge_adapter, resolve_target
     from finetune.runlock import refuse_if_being_written
 
@@ -29,8 +41,13 @@ def cmd_merge(args) -> int:
     return 0
 
 
-def reply(model, tokenizer, history: list[dict], max_new_tokens: int, temperature: float) -> str:
-    """One assistant turn for the conversation so far, through the chat template."""
+def reply(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, history: list[dict],
+          max_new_tokens: int, temperature: float) -> str:
+    """One assistant turn for the conversation so far, through the chat template.
+
+    `temperature` 0 decodes greedily; above 0 it samples. Returns the decoded new tokens, stripped. Raises
+    UserError when the tokenizer has no chat template.
+    """
     import torch
 
     if not tokenizer.chat_template:
@@ -46,6 +63,10 @@ def reply(model, tokenizer, history: list[dict], max_new_tokens: int, temperatur
 
 
 def cmd_chat(args) -> int:
+    """`finetune chat MODEL`: answer `--prompt` once, or hold an interactive chat on stdin until an empty line.
+
+    `/reset` clears the history (keeping the `--system` message).
+    """
     from finetune.artifacts import resolve_target
     from finetune.eval_models import load_for_eval
 
@@ -75,6 +96,7 @@ def cmd_chat(args) -> int:
 
 
 def add_parsers(sub) -> None:
+    """Add the `merge` and `chat` subcommands to the `finetune` argparse subparsers `sub`."""
     p = sub.add_parser("merge", help="merge an adapter (or a run's latest adapter) into its base as safetensors")
     p.add_argument("source", help="adapter folder, stage folder or run folder")
     p.add_argument("out", help="new folder for the merged model")

@@ -72,6 +72,7 @@ def has_generation_markers(template: str | None) -> bool:
 
 
 def trl_templates_dir() -> Path:
+    """The `chat_templates` folder of the installed TRL package, found without importing TRL."""
     spec = importlib.util.find_spec("trl")  # TRL's files, without importing TRL (slow) into `validate`
     return Path(spec.submodule_search_locations[0]) / "chat_templates"
 

@@ -11,6 +11,11 @@ from finetune.errors import UserError, error_line
 
 
 def cmd_validate(args) -> int:
+    """`finetune validate RECIPE [overrides]`: load and check a recipe without importing torch.
+
+    `--deep` also runs the pipeline's preflight (reads every stage's data, builds its TRL config). Prints a
+    one-line summary, the chat template fidelity note, and a note when base_model.path is a hub id.
+    """
     from finetune.recipe import load_recipe
     from finetune.schema import HUB_ID
 
@@ -31,6 +36,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
+    """`finetune run RECIPE [overrides]`: validate the recipe, then run its stages and log each artifact."""
     from finetune.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)  # validate before any heavy import
@@ -44,6 +50,10 @@ def cmd_run(args) -> int:
 
 
 def cmd_tiny(args) -> int:
+    """`finetune tiny --out DIR`: build a tiny random-weight model and BPE tokenizer offline.
+
+    Raises UserError when `--hidden` is not a multiple of 4 (the tiny models have 4 attention heads).
+    """
     from finetune.tiny import DEFAULT_CORPUS_DIRS, build_tiny
 
     sizes = {k: v for k, v in (("hidden", args.hidden), ("layers", args.layers)) if v is not None}
@@ -57,6 +67,7 @@ def cmd_tiny(args) -> int:
 
 
 def cmd_student(args) -> int:
+    """`finetune student TEACHER OUT --layers N`: a distillation student keeping N of the teacher's layers."""
     from finetune.students import shrink
 
     info = shrink(args.teacher, args.out, args.layers)
@@ -67,6 +78,7 @@ def cmd_student(args) -> int:
 
 
 def cmd_import_gguf(args) -> int:
+    """`finetune import-gguf GGUF OUT`: dequantise a GGUF file into a safetensors model folder."""
     from finetune.gguf_models import import_gguf, resolve_gguf, sha256_file
 
     gguf = resolve_gguf(".", args.gguf)
@@ -124,6 +136,7 @@ def cmd_eval(args) -> int:
 
 
 def add_eval_parser(sub) -> None:
+    """Add the `eval` subcommand to the `finetune` argparse subparsers `sub`."""
     p = sub.add_parser("eval", help="generate answers and score them SQuAD-style (EM/F1)")
     p.add_argument("model", help="model folder, adapter folder, a run's stage folder, or a whole run folder")
     p.add_argument("--task", action="append", required=True, help="task name (eval/tasks/<name>.yaml) or path; "
@@ -138,6 +151,7 @@ def add_eval_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `finetune` argument parser with every subcommand; each sets `func` to its `cmd_*` handler."""
     from finetune.score import add_score_parser
 
     parser = argparse.ArgumentParser(
@@ -208,6 +222,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the chosen subcommand and return the exit code.
+
+    0 on success, 2 for a UserError (printed as one `error:` line, no traceback), 130 on Ctrl-C and 141 when
+    stdout's reader goes away.
+    """
     args = parse_args(argv)
     try:
         return args.func(args) or 0

@@ -14,10 +14,13 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetune.errors import UserError, first_line
 from finetune.recipe_types import DataSource, Stage
+
+if TYPE_CHECKING:
+    from datasets import Dataset, Features
 
 LOADERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -82,7 +85,7 @@ def iter_strings(value, skip: tuple[str, ...] = ()) -> Iterator[str]:
             yield from iter_strings(v, skip)
 
 
-def _text_features(csv_path: Path):
+def _text_features(csv_path: Path) -> Features:
     import csv
 
     import datasets
@@ -92,8 +95,14 @@ def _text_features(csv_path: Path):
     return datasets.Features({name: datasets.Value("string") for name in header})
 
 
-def load_source(name: str, src: dict, seed: int):
-    """Load one recipe data source as a `datasets.Dataset` (local file/folder or hub id)."""
+def load_source(name: str, src: dict, seed: int) -> Dataset:
+    """Load one recipe data source as a `datasets.Dataset` (local file/folder or hub id).
+
+    The source's `columns:` mapping is applied (renamed to the toolkit's names) and, when `max_rows` is set
+    and smaller, a seeded sample of that many rows is kept. Raises UserError naming the file (and line, for
+    malformed JSON) or `data.<name>` for an unsupported suffix, an empty or unreadable file, a path or hub id
+    that cannot be loaded, a source with no rows, or `columns:` naming a column the data lacks.
+    """
     import datasets
 
     path = Path(src["path"]).expanduser()
@@ -144,7 +153,11 @@ def load_source(name: str, src: dict, seed: int):
 
 
 def detect_format(columns: list[str], declared: str, where: str) -> str:
-    """Name the instruction format from the columns (or check the declared one fits them)."""
+    """Name the instruction format from the columns (or check the declared one fits them).
+
+    Raises UserError at `where` when the declared format's columns are missing, or, for `auto`, when the
+    columns match no known format.
+    """
     cols = set(columns)
     needs = {"messages": {"messages"}, "sharegpt": {"conversations"}, "alpaca": {"instruction", "output"},
              "prompt_completion": {"prompt", "completion"}, "text": {"text"}}
@@ -213,8 +226,12 @@ def _turn(i: int, turn: Any, fmt: str) -> dict:
     return {"role": role, "content": content}
 
 
-def normalise(ds, fmt: str, where: str):
-    """Normalise a dataset of one format to its kind's columns; returns (dataset, dropped-count by reason)."""
+def normalise(ds: Dataset, fmt: str, where: str) -> tuple[Dataset, dict[str, int]]:
+    """Normalise a dataset of one format to its kind's columns; returns (dataset, dropped-count by reason).
+
+    Raises UserError naming `where` and the row index for a malformed row (wrong type, missing field, bad
+    role), and when every row is dropped (with the count per reason).
+    """
     rows, dropped = [], {}
     for i, row in enumerate(ds):
         try:
@@ -235,12 +252,15 @@ def normalise(ds, fmt: str, where: str):
     return datasets.Dataset.from_list(rows), dropped
 
 
-def mix(parts: dict[str, tuple[Any, float | None]], total: int | None, seed: int):
+def mix(parts: dict[str, tuple[Dataset, float | None]], total: int | None,
+        seed: int) -> tuple[Dataset, dict[str, int]]:
     """Combine a stage's sources.
 
     Without weights (a plain list in the recipe) every row of every source is used once. With weights, source i
     gives a share weight_i / sum(weights) of `total` rows (default: the sources' row count), repeating its
     rows (seeded) when it is short; shares are rounded by largest remainder so they add up to `total`.
+    Returns (mixed dataset, rows taken per source). Raises UserError naming `data.<name>` when a weight is so
+    small that the source gets 0 rows.
     """
     import datasets
 
@@ -266,8 +286,11 @@ def mix(parts: dict[str, tuple[Any, float | None]], total: int | None, seed: int
     return datasets.concatenate_datasets(pieces).shuffle(seed=seed), counts
 
 
-def split(ds, eval_split: float, seed: int):
-    """Seeded train/eval split; eval_split is a fraction (<1) or a row count."""
+def split(ds: Dataset, eval_split: float, seed: int) -> tuple[Dataset, Dataset | None]:
+    """Seeded train/eval split; eval_split is a fraction (<1) or a row count. Returns (train, eval or None).
+
+    Raises UserError when the eval split would take every row of the mixture, leaving none to train on.
+    """
     if not eval_split:
         return ds, None
     n_eval = int(eval_split) if eval_split >= 1 else max(1, round(len(ds) * eval_split))
@@ -277,7 +300,7 @@ def split(ds, eval_split: float, seed: int):
     return parts["train"], parts["test"]
 
 
-def fingerprint(*datasets_) -> str:
+def fingerprint(*datasets_: Dataset | None) -> str:
     """sha256 over the rows' canonical JSON: equal data, equal fingerprint, whatever the file layout."""
     h = hashlib.sha256()
     for ds in datasets_:

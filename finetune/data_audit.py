@@ -374,6 +374,10 @@ def add_audit_parser(sub) -> None:
 
 
 def cmd_audit(args) -> int:
+    """`finetune audit RECIPE`: audit the recipe's data and print where audit.json went.
+
+    The report goes to `--output-dir` (default: the run folder's audit/), redacted copies to `--redact-dir`.
+    """
     from finetune.gguf_models import resolve_recipe
     from finetune.recipe import load_recipe
 

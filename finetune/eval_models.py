@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune import modeling
 from finetune.errors import UserError
 from finetune.evaluation import evaluate_task, load_task, results_table
 from finetune.manifest import read_json, write_json_atomic
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 
 def targets(path: str) -> list[tuple[str, Path, dict | None]]:
     """(label, model folder, manifest or None) for every model under `path`, in pipeline order.
 
     A model, adapter or stage folder is one target; a run folder gives every finished policy stage (a reward
-    model scores text, it does not answer questions).
+    model scores text, it does not answer questions). Raises UserError when `path` does not exist, or is
+    neither a model folder nor a run with finished policy stages.
     """
     from finetune.artifacts import resolve_target
     from finetune.schema import POLICY_KINDS
@@ -35,7 +41,8 @@ def targets(path: str) -> list[tuple[str, Path, dict | None]]:
     return found
 
 
-def load_for_eval(model_dir: Path, manifest: dict | None, base_model: dict | None = None):
+def load_for_eval(model_dir: Path, manifest: dict | None,
+                  base_model: dict | None = None) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
     """Load a full model, or a base + adapter (quantised as it was trained), and its tokenizer."""
     base_model = {**modeling.BASE_MODEL_DEFAULTS, **(base_model or {})}
     adapter_cfg = model_dir / "adapter_config.json"

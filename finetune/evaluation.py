@@ -13,9 +13,14 @@ import json
 import random
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune import squad, stats, userfiles
 from finetune.errors import UserError, first_line
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 TASK_DIR = Path(__file__).resolve().parent.parent / "eval" / "tasks"
 TASK_KEYS = {"name", "metric", "data", "split", "subset", "format", "prompt", "chat_template", "few_shot",
@@ -24,7 +29,14 @@ FORMATS = ("squad_json", "hf_rows", "open_qa")
 
 
 def load_task(name_or_path: str) -> dict:
-    """Read a task spec by name (eval/tasks/<name>.yaml) or path, with defaults filled in."""
+    """Read a task spec by name (eval/tasks/<name>.yaml) or path, with defaults filled in.
+
+    The returned dict also carries `path` and `sha256` (of the resolved spec); a shipped task's relative data
+    paths are made absolute. Raises UserError naming the task file for a task that is not found, a file that
+    is not a YAML mapping, unknown keys, a missing `data` or `prompt`, a field of the wrong type, an unknown
+    prompt placeholder, an unknown metric or format, a malformed `answer:` block, or `few_shot` without
+    `few_shot_data`.
+    """
     path = Path(name_or_path)
     if not path.suffix:
         path = TASK_DIR / f"{name_or_path}.yaml"
@@ -172,7 +184,13 @@ def _hub_rows(dataset_id: str, subset: str | None, split: str) -> list[dict]:
 
 
 def read_rows(path: str, fmt: str, split: str = "validation", subset: str | None = None) -> list[dict]:
-    """Rows {id, context, question, golds, impossible} from one of the three input formats."""
+    """Rows {id, context, question, golds, impossible} from one of the three input formats.
+
+    `path` is a local file or, for hf_rows/open_qa, a hub dataset id (read with `subset` and `split`); ids
+    become strings. Raises UserError naming the file and the row (or SQuAD article and question) for a path
+    that is neither a file nor a loadable hub dataset, malformed JSON (with its line), a missing field, or a
+    field of the wrong type.
+    """
     p = Path(path)
     if not p.is_file():
         from finetune.schema import HUB_ID
@@ -242,8 +260,12 @@ def _official_layout(rows: list[dict]) -> list:
         for r in rows]
 
 
-def build_prompts(task: dict, rows: list[dict], tokenizer) -> list[str]:
-    """Render every question (with k shots from the few-shot split) as the text the model continues."""
+def build_prompts(task: dict, rows: list[dict], tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Render every question (with k shots from the few-shot split) as the text the model continues.
+
+    Shots are drawn with a fixed seed (0). Raises UserError when the task sets `chat_template: true` and the
+    tokenizer has no chat template (and, through `read_rows`, for unreadable few-shot data).
+    """
     if task["chat_template"] and not getattr(tokenizer, "chat_template", None):
         raise UserError(f"eval task {task['name']}: chat_template: true, but the model's tokenizer has no chat "
                         "template; set base_model.chat_template to a .jinja file, or use a task with "
@@ -301,7 +323,7 @@ def extract_answer(generation: str, task: dict) -> str | None:
     return answer
 
 
-def stop_token_ids(model, tokenizer) -> list[int]:
+def stop_token_ids(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Every end-of-sequence id the model stops on: its generation config's (Llama 3.1 and Qwen2.5 list
     several) and the tokenizer's."""
     ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -318,8 +340,8 @@ def safe_stops(prompts: list[str], stops: list[str]) -> list[str]:
     return [s for s in stops if not any(p.endswith(s[:k]) for p in prompts for k in range(1, len(s)))]
 
 
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int,
-             chat: bool, progress: bool = True, stop: list[str] | None = None,
+def generate(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+             max_new_tokens: int, batch_size: int, chat: bool, progress: bool = True, stop: list[str] | None = None,
              stats: dict | None = None, group_by_length: bool = True) -> list[str]:
     """Greedy generation in left-padded batches, in the order of `prompts`. A row stops at any of the model's
     end-of-sequence ids (`stop_token_ids`) or, while generating, at any `stop` string (transformers'
@@ -377,10 +399,17 @@ def official_layout(rows: list[dict]) -> list:
     return _official_layout(rows)
 
 
-def evaluate_task(model, tokenizer, task: dict, out_dir: Path | None, batch_size: int = 16,
-                  limit: int | None = None, max_new_tokens: int | None = None, extra: dict | None = None) -> dict:
+def evaluate_task(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, task: dict,
+                  out_dir: Path | None, batch_size: int = 16, limit: int | None = None,
+                  max_new_tokens: int | None = None, extra: dict | None = None) -> dict:
     """Generate and score one task; writes predictions.jsonl and results.json (with `extra`'s fields, e.g.
-    the generation dtype) to out_dir when given."""
+    the generation dtype) to out_dir when given.
+
+    Returns the results: exact and f1 (0-100) with their 95% confidence intervals, timing and extraction
+    counts. Raises UserError when the task's data has no questions (and, through `task_rows` and
+    `build_prompts`, for unreadable data or a missing chat template). Side effect: sets tokenizer.padding_side
+    to "left" (through `generate`).
+    """
     rows = task_rows(task, limit)
     if not rows:
         raise UserError(f"eval task {task['name']}: {task['data']} has no questions")
@@ -422,7 +451,8 @@ def _extract(task: dict, rows: list[dict], generations: list[str]) -> tuple[dict
     return extracted, predictions, _official_layout(rows)
 
 
-def answer_questions(model, tokenizer, task: dict, rows: list[dict], batch_size: int = 16) -> list[dict]:
+def answer_questions(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, task: dict,
+                     rows: list[dict], batch_size: int = 16) -> list[dict]:
     """Answer `rows` of `task` greedily, quietly, and score each: [{id, answer, extracted, em, f1}] in row
     order (em/f1 in 0-1, `answer` "" where nothing was extractable). For scoring a model while it trains
     (finetune.watch); side effect: tokenizer.padding_side = "left"."""
@@ -470,6 +500,7 @@ def clean_and_overlap(predictions: dict[str, dict], overlap_ids: set[str]) -> di
 def contamination_table(split: dict[str, dict[str, dict]]) -> str:
     """Markdown: per stage and task, EM/F1 on clean and on overlapping questions, with counts."""
     def cells(r: dict) -> str:
+        """`n | EM (CI) | F1 (CI)` for one part, or an empty row when it has no question."""
         return f"{r['total']} | {_cell(r, 'exact')} | {_cell(r, 'f1')}" if r["total"] else "0 | | "
 
     lines = ["| stage | task | clean n | clean EM | clean F1 | overlap n | overlap EM | overlap F1 |",

@@ -141,7 +141,11 @@ def source_of(model_dir: str | Path) -> dict | None:
 
 
 def chat_template_of(gguf: str | Path) -> str | None:
-    """The `tokenizer.chat_template` stored in a GGUF file's metadata (read without loading the tensors)."""
+    """The `tokenizer.chat_template` stored in a GGUF file's metadata (read without loading the tensors).
+
+    None when the file stores no template. Raises UserError naming the file when its metadata cannot be read
+    (a truncated or damaged file).
+    """
     from gguf import GGUFReader
 
     try:

@@ -76,6 +76,10 @@ def describe(env: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m finetune.kernel_paths [native|lower -- CMD...]`: list the kernel paths, or run CMD on one.
+
+    Returns CMD's exit code, or 0 when listing or when this CPU has no lower path to run on.
+    """
     parser = argparse.ArgumentParser(prog="python -m finetune.kernel_paths", description=__doc__.splitlines()[0])
     parser.add_argument("path", nargs="?", choices=("native", "lower"), help="the path to run CMD on")
     parser.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD ARGS... (the command to run)")

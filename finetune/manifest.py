@@ -32,6 +32,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> dict | None:
+    """The JSON in `path` (UTF-8), or None when the file is missing or not valid JSON (e.g. half-written)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
@@ -42,6 +43,7 @@ def claim_run_dir(run_dir: Path, recipe_name: str, write: bool = True) -> None:
     """Create (or reuse) a run folder; refuse a non-empty folder that is not one of ours.
 
     Every rank checks (so all refuse together); only the one with `write` creates the folder and marker.
+    Raises UserError naming `run_dir` when it exists and is not a folder, or holds files but no run marker.
     """
     marker = run_dir / MARKER
     if run_dir.exists():
@@ -57,7 +59,8 @@ def claim_run_dir(run_dir: Path, recipe_name: str, write: bool = True) -> None:
         marker.write_text(json.dumps({"recipe": recipe_name}) + "\n")
 
 
-def package_versions() -> dict[str, str]:
+def package_versions() -> dict[str, str | None]:
+    """Installed version of each package in PACKAGES (the toolkit and its stack); None for one not installed."""
     out = {}
     for name in PACKAGES:
         try:
@@ -120,6 +123,10 @@ class PeakMemory:
         self._thread.join()
 
     def result(self) -> dict:
+        """{"peak_rss_mb": sampled peak during the block, "process_peak_rss_mb": lifetime peak}, in MiB.
+
+        Either is None where it cannot be measured (no samples; no `resource` module).
+        """
         try:
             import resource
 
@@ -130,6 +137,7 @@ class PeakMemory:
 
 
 def host_summary() -> dict:
+    """Python version, platform, CPU count and, when torch is installed, CUDA availability and GPU names."""
     info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count()}
     try:
         import torch
@@ -143,6 +151,7 @@ def host_summary() -> dict:
 
 
 def sha256_text(text: str | None) -> str | None:
+    """Hex sha256 of `text` encoded as UTF-8; None for None."""
     return None if text is None else hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

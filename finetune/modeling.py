@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune import userfiles
 from finetune.errors import UserError, first_line
 from finetune.schema import BASE_MODEL
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftConfig, PeftModel
+    from transformers import BitsAndBytesConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 # base_model keys a folder found on its own (an adapter's base, a model under eval) is loaded with: the
 # schema's own defaults, so the two cannot drift apart.
@@ -22,8 +28,14 @@ def _hub_error(what: str, path: str, err: Exception) -> UserError:
     return UserError(f"base_model.{what} '{path}': cannot load ({first[:200]})")
 
 
-def load_tokenizer(base_model: dict, source: str | None = None):
-    """The tokenizer of `source` (default: the recipe's tokenizer or model), with a pad token and chat template."""
+def load_tokenizer(base_model: dict, source: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of `source` (default: the recipe's tokenizer or model), with a pad token and chat template.
+
+    `base_model.chat_template`, when set, replaces the tokenizer's template; a tokenizer without a pad token
+    gets its EOS token as pad. Raises UserError naming the path when the tokenizer cannot be loaded (locally
+    or from the hub), when the chat template file is unreadable or invalid, or when the tokenizer has neither a
+    pad nor an EOS token.
+    """
     from transformers import AutoTokenizer
 
     path = source or base_model["tokenizer"] or base_model["path"]
@@ -42,7 +54,7 @@ def load_tokenizer(base_model: dict, source: str | None = None):
     return tok
 
 
-def quantization_config(quant: dict | None):
+def quantization_config(quant: dict | None) -> BitsAndBytesConfig | None:
     """A bitsandbytes config for QLoRA (4-bit NF4/FP4, double quantisation) or LLM.int8."""
     if not quant:
         return None
@@ -59,7 +71,7 @@ def quantization_config(quant: dict | None):
 
 
 def load_base_model(base_model: dict, quant: dict | None = None, path: str | None = None,
-                    auto_class: str = "AutoModelForCausalLM", **extra):
+                    auto_class: str = "AutoModelForCausalLM", **extra) -> PreTrainedModel:
     """Load the pretrained model (optionally quantised) exactly as from the hub: `from_pretrained`."""
     import torch
     import transformers
@@ -89,7 +101,7 @@ def load_base_model(base_model: dict, quant: dict | None = None, path: str | Non
     return model
 
 
-def _one_4bit_kernel(model) -> None:
+def _one_4bit_kernel(model: PreTrainedModel) -> None:
     """Make 4-bit layers compute the same way in training and inference, on every CPU.
 
     On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a Linear4bit's weight the first time it runs in
@@ -106,7 +118,7 @@ def _one_4bit_kernel(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def _release_checkpoint(model) -> None:
+def _release_checkpoint(model: PreTrainedModel) -> None:
     """Copy a quantised model's unquantised CPU tensors out of the memory-mapped checkpoint.
 
     transformers keeps same-dtype tensors (embeddings, norms) as zero-copy views into the mmapped safetensors
@@ -121,7 +133,7 @@ def _release_checkpoint(model) -> None:
             tensor.data = tensor.data.clone()
 
 
-def peft_config(peft: dict, task_type: str = "CAUSAL_LM", tokenizer_path: str | None = None):
+def peft_config(peft: dict, task_type: str = "CAUSAL_LM", tokenizer_path: str | None = None) -> PeftConfig:
     """The peft config of the recipe's `peft:` block.
 
     lora / dora / rslora: a LoraConfig (`all-linear` targets by default). prompt_tuning (Lester et al. 2021),
@@ -149,9 +161,13 @@ def peft_config(peft: dict, task_type: str = "CAUSAL_LM", tokenizer_path: str | 
     )
 
 
-def prepare_trainable(model, peft: dict | None, quant: dict | None, gradient_checkpointing: bool,
-                      task_type: str = "CAUSAL_LM"):
-    """Wrap the model for training: k-bit preparation for QLoRA, then the adapter; full finetuning otherwise."""
+def prepare_trainable(model: PreTrainedModel, peft: dict | None, quant: dict | None, gradient_checkpointing: bool,
+                      task_type: str = "CAUSAL_LM") -> PreTrainedModel | PeftModel:
+    """Wrap the model for training: k-bit preparation for QLoRA, then the adapter; full finetuning otherwise.
+
+    Raises UserError when prompt tuning's `peft.init_text` needs a tokenizer beside the model and none can be
+    read.
+    """
     if quant:
         from peft import prepare_model_for_kbit_training
 
@@ -167,7 +183,8 @@ def prepare_trainable(model, peft: dict | None, quant: dict | None, gradient_che
     return model
 
 
-def load_reward_model(path: str | Path, base_model: dict, tokenizer=None):
+def load_reward_model(path: str | Path, base_model: dict, tokenizer: PreTrainedTokenizerBase | None = None
+                      ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A trained reward model folder -> (AutoModelForSequenceClassification with one label, in eval mode,
     tokenizer). The pad token id is set on the config: a sequence classifier finds each row's last token by it.
     Raises UserError when the folder cannot be loaded."""
@@ -178,13 +195,14 @@ def load_reward_model(path: str | Path, base_model: dict, tokenizer=None):
     return model.eval(), tokenizer
 
 
-def count_parameters(model) -> dict:
+def count_parameters(model: torch.nn.Module) -> dict:
+    """{"total": every parameter's element count, "trainable": those with requires_grad}."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"total": total, "trainable": trainable}
 
 
-def load_adapter(model, adapter_dir: str | Path, is_trainable: bool = False):
+def load_adapter(model: PreTrainedModel, adapter_dir: str | Path, is_trainable: bool = False) -> PeftModel:
     """Put a saved peft adapter on `model`, each tensor in the dtype it was saved in.
 
     TRL trains QLoRA adapters in bf16 (following the QLoRA paper) and saves them so; peft upcasts adapters to

@@ -17,6 +17,7 @@ WORD = re.compile(r"[^\W_]+")  # letters and digits: lowercased text with punctu
 
 
 def words(text: str) -> list[str]:
+    """`text` as lowercased words: runs of letters and digits, punctuation and underscores dropped."""
     return WORD.findall(text.lower())
 
 

@@ -174,7 +174,10 @@ def redacted_target(src_path: str, redact_dir: Path) -> Path:
 
 
 def write_redacted(rows: list[dict], target: Path) -> int:
-    """Write a redacted JSON Lines copy of a source's rows; never overwrite. Returns the replacement count."""
+    """Write a redacted JSON Lines copy of a source's rows; never overwrite. Returns the replacement count.
+
+    Raises UserError naming `target` when the file already exists (nothing is written).
+    """
     total, lines = 0, []
     for row in rows:
         total += sum(len(find_pii(s)) for s in iter_strings(row))

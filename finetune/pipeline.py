@@ -137,7 +137,13 @@ def _folder_identity(path: str) -> dict:
 
 def run_recipe(recipe: Recipe, output_dir: str | None = None, only: str | None = None,
                force: bool = False) -> dict:
-    """Run (or skip, or resume) every stage of a validated recipe. Returns {stage name: manifest}."""
+    """Run (or skip, or resume) every stage of a validated recipe. Returns {stage name: manifest}.
+
+    `only` runs that stage alone (earlier stages must have finished); `force` retrains stages whose inputs
+    changed. Raises UserError when `only` names no stage of the recipe, when a stage kind is not available,
+    when the output folder is not a finetune run or is locked by another run, or when preflight, the data
+    audit or a stage fails on bad input.
+    """
     run_dir = Path(output_dir or recipe["output_dir"])
     recipe = gguf_models.resolve_recipe(recipe, log)
     names = [s["name"] for s in recipe["stages"]]
@@ -353,6 +359,8 @@ def run_data_audit(recipe: Recipe, run_dir: Path) -> dict | None:
     """The data audit before any training, on rank 0; its verdict reaches every rank so all stop together.
 
     Skipped while its inputs (data files, eval tasks, thresholds, tokenizer) are unchanged since the last one.
+    Returns the audit summary for the manifests. Raises UserError, on every rank, with the audit's message
+    when a check fails or a `data_audit:` threshold is exceeded.
     """
     from accelerate.utils import broadcast_object_list
 

@@ -38,9 +38,11 @@ class Precision:
 
     @property
     def name(self) -> str:
+        """"bf16 autocast", "fp16 autocast" or "fp32"."""
         return "bf16 autocast" if self.bf16 else "fp16 autocast" if self.fp16 else "fp32"
 
     def record(self) -> dict:
+        """What the manifest records: {"compute": `name`, "bf16", "fp16", "reason"}."""
         return {"compute": self.name, "bf16": self.bf16, "fp16": self.fp16, "reason": self.reason}
 
 

@@ -12,8 +12,12 @@ Pairs whose answers are equal or empty are dropped and counted by reason, never 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from finetune.errors import UserError
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
 CHAT_ROLES = ("system", "user", "assistant", "tool")
@@ -36,6 +40,11 @@ def parse_hh(text: str) -> list[dict]:
 
 
 def detect_layout(columns: list[str], first: dict, where: str) -> str:
+    """The layout of a preference source, "explicit", "implicit" or "hh", from its columns and `first` row.
+
+    Raises UserError at `where` when the `chosen` or `rejected` column is missing, or when, without a
+    `prompt` column, chosen is neither a message list nor HH-style "\n\nHuman: ... \n\nAssistant: ..." text.
+    """
     cols = set(columns)
     if {"chosen", "rejected"} - cols:
         raise UserError(f"{where}: preference data needs `chosen` and `rejected` columns; found {sorted(cols)} "
@@ -94,8 +103,12 @@ def normalise_pair(row: dict, layout: str) -> tuple[dict | None, str | None]:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}, None
 
 
-def normalise_pairs(ds, where: str):
-    """Normalise a preference dataset; returns (dataset, dropped-count by reason, kind chat|text)."""
+def normalise_pairs(ds: Dataset, where: str) -> tuple[Dataset, dict[str, int], str]:
+    """Normalise a preference dataset; returns (dataset, dropped-count by reason, kind chat|text).
+
+    Raises UserError at `where` for a source with no rows, an unrecognised layout, a malformed row (naming
+    its index), no usable pair left after drops, or text and conversational pairs mixed.
+    """
     import datasets
 
     if len(ds) == 0:
@@ -119,8 +132,14 @@ def normalise_pairs(ds, where: str):
     return datasets.Dataset.from_list(rows), dropped, kind
 
 
-def prompts_only(ds, where: str):
-    """RL prompts from a prompt set (`prompt` or `messages` minus the final answer) or from preference pairs."""
+def prompts_only(ds: Dataset, where: str) -> tuple[Dataset, dict[str, int], str]:
+    """RL prompts from a prompt set (`prompt` or `messages` minus the final answer) or from preference pairs.
+
+    Returns (dataset of {"prompt"} rows, plus "answers" where the source has them; dropped-count by reason;
+    kind chat|text). Raises UserError at `where`, naming the row, for an empty prompt, a prompt or messages
+    value that is neither text nor {role, content} turns, text and conversational prompts mixed, or a source
+    with neither a `prompt` nor a `messages` column nor preference pairs.
+    """
     import datasets
 
     cols = set(ds.column_names)
@@ -158,7 +177,7 @@ def prompts_only(ds, where: str):
     return datasets.Dataset.from_list(rows), {}, kind
 
 
-def unpaired(ds, where: str):
+def unpaired(ds: Dataset, where: str) -> tuple[Dataset, dict[str, int], str]:
     """KTO rows {prompt, completion, label}: unpaired feedback as it is, or preference pairs split in two.
 
     Unpaired rows need `prompt`, `completion` (text, or assistant turns after a conversational prompt) and a

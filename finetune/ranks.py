@@ -9,6 +9,7 @@ from __future__ import annotations
 
 
 def state():
+    """The process's accelerate PartialState, created with `cpu=True` when CUDA is not available."""
     import torch
     from accelerate import PartialState
 
@@ -16,10 +17,12 @@ def state():
 
 
 def is_main() -> bool:
+    """Whether this is the main process (rank 0, or the only process)."""
     return state().is_main_process
 
 
 def barrier() -> None:
+    """Wait until every process reaches this point (a no-op with one process)."""
     state().wait_for_everyone()
 
 

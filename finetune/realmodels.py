@@ -47,7 +47,10 @@ def load_gguf_tokenizer(path: str | Path):
 
 def fetch_vocabs(out: Path) -> list[Path]:
     """Download the llama-cpp-python sdist with pip (the registry pip is configured for) and extract `VOCABS`
-    into `out`. Returns the extracted paths; files already there are kept."""
+    into `out`. Returns the extracted paths; files already there are kept.
+
+    Raises UserError when the sdist lacks one of `VOCABS` (pip's own failure is a CalledProcessError).
+    """
     out.mkdir(parents=True, exist_ok=True)
     wanted = [out / name for name in VOCABS]
     if all(p.is_file() for p in wanted):

@@ -26,12 +26,17 @@ DATA_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 
 
 def did_you_mean(word: str, options) -> str:
+    """`; did you mean 'x'?` for the option closest to `word` (difflib, cutoff 0.6), or "" when none is close."""
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def read_yaml(path: Path) -> dict:
-    """Read one recipe YAML mapping (finetune.userfiles's rules), turning every failure into a one-line error."""
+    """Read one recipe YAML mapping (finetune.userfiles's rules), turning every failure into a one-line error.
+
+    Raises UserError naming `path` when the file is unreadable or not valid YAML, is empty, or holds
+    something other than a mapping.
+    """
     data = userfiles.read_yaml(path, "recipe file")
     if data is None:
         raise UserError(f"{path}: recipe is empty")
@@ -85,7 +90,12 @@ def _load_with_extends(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 
 
 def apply_override(recipe: dict, assignment: str, source: str = "command line") -> None:
-    """Apply one `a.b.c=value` override in place; value is parsed as YAML (numbers, bools, lists)."""
+    """Apply one `a.b.c=value` override in place; value is parsed as YAML (numbers, bools, lists).
+
+    Missing sections are created; a list item is named by its index or its stage name. Raises UserError
+    naming `source` and the key when the assignment has no `=` or no key, a list index is out of range, no
+    stage has the given name, or the path runs through a value or ends on a list instead of a section.
+    """
     if "=" not in assignment:
         raise UserError(f"{source}: override '{assignment}' must look like key.sub=value")
     dotted, raw = assignment.split("=", 1)

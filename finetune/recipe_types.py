@@ -173,4 +173,5 @@ class Shared:
 
     @classmethod
     def of(cls, recipe: Recipe) -> Shared:
+        """The shared parts of a resolved recipe: its base_model, data sources and seed."""
         return cls(recipe["base_model"], recipe["data"], recipe["seed"])

@@ -189,6 +189,8 @@ def summarize_review(verdicts: dict[str, dict[str, str]], key: dict) -> dict:
 
 
 def format_summary(s: dict) -> str:
+    """`summarize_review`'s result for the terminal: a Markdown win/tie/loss table (shares in percent with
+    95% CIs), each Cohen's kappa between raters, and the human-vs-F1 agreement."""
     a, b = s["stages"]["A"], s["stages"]["B"]
     lines = [f"{b} vs {a}: {s['verdicts']} verdicts from {len(s['raters'])} rater(s)",
              "| outcome for " + b + " | share % | 95% CI | count |", "|---|---:|---:|---:|"]
@@ -203,6 +205,12 @@ def format_summary(s: dict) -> str:
 
 
 def cmd_review(args) -> int:
+    """`finetune review export|import`: write a blind sheet for two stages, or score filled-in sheets.
+
+    Raises UserError when `--key` is not a review key written by `finetune review export` (a JSON object with
+    `stages` and `items`), and, through the helpers, for missing predictions, an existing sheet, or a sheet
+    row with an unknown item or preference.
+    """
     if args.action == "export":
         out = args.out or Path(args.run) / "review" / f"{args.stages[0]}_vs_{args.stages[1]}"
         done = export_sheet(args.run, tuple(args.stages), out, args.task, args.with_gold, args.all, args.seed)
@@ -228,6 +236,7 @@ def cmd_review(args) -> int:
 
 
 def add_review_parser(sub) -> None:
+    """Add the `review` subcommand (actions `export` and `import`) to the `finetune` argparse subparsers."""
     p = sub.add_parser("review", help="human review: export a blind side-by-side sheet, import the verdicts")
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     e = actions.add_parser("export", help="write a blind sheet comparing two stages of a run")

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune import rewards
 from finetune.errors import UserError
 
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 
 def sample(
-    model,
-    tokenizer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: list,
     k: int,
     max_new_tokens: int,
@@ -32,7 +37,8 @@ def sample(
 
     Left-padded batches through `model.generate(do_sample=True, num_return_sequences=k)`; seeded with
     `seed`, so a rerun on the same machine samples the same answers (and every rank of a CPU job the same).
-    The tokenizer's padding side is restored afterwards.
+    Side effect, undone on return: sets tokenizer.padding_side to "left" while sampling and restores the
+    previous value afterwards (also when sampling fails).
     """
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
@@ -122,7 +128,8 @@ def pairs_from_samples(
     return pairs, records
 
 
-def build(model, tokenizer, prompt_rows, cfg: dict, seed: int, stage_name: str, out_path: Path, log) -> tuple:
+def build(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt_rows: Dataset, cfg: dict, seed: int,
+          stage_name: str, out_path: Path, log) -> tuple[Dataset, dict]:
     """Sample, score and pair for a dpo stage's `sample_pairs:` block `cfg`; write every sample to `out_path`.
 
     Returns (datasets.Dataset of pairs, summary for the manifest). Raises UserError when the rows carry no

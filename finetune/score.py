@@ -65,7 +65,13 @@ def _write_text(path: str, text: str, what: str) -> None:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    """Run ``finetune score``: print the official JSON result, optionally write files; return 0."""
+    """Run ``finetune score``: print the official JSON result, optionally write files; return 0.
+
+    Raises UserError when --na-prob-file or --na-prob-thresh is given for squad_v1, when the no-answer
+    probabilities lack a question of the dataset, when the dataset (named in the message) has no questions or
+    a v1.1 question without answers, or (through the loaders) when an input file is unreadable or malformed
+    or an output file cannot be written.
+    """
     # Imported here so that building the CLI parser stays cheap.
     from finetune import squad
 

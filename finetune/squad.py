@@ -80,7 +80,12 @@ def _v1_golds(qa: dict) -> list[str]:
 
 
 def evaluate_v1(dataset: list, predictions: dict[str, str]) -> dict[str, float]:
-    """Score like ``evaluate-v1.1.py``: ``{"exact_match": ..., "f1": ...}`` in percent."""
+    """Score like ``evaluate-v1.1.py``: ``{"exact_match": ..., "f1": ...}`` in percent.
+
+    An unanswered question scores 0 (with the official warning on stderr). Raises ``UserError`` when the
+    dataset has no questions, or when an answered question has no gold answers (the official script crashes
+    on ``max([])``).
+    """
     f1 = exact_match = total = 0
     for qa in iter_qas(dataset):
         total += 1
@@ -264,7 +269,9 @@ def per_question_scores(
 
     ``version`` is ``"squad_v1"`` or ``"squad_v2"``. A missing prediction shows as ``None`` (v1 scores
     it 0, v2 as ``""``) without a warning (the ``evaluate_*`` call gives that). v2 scores are after
-    the no-answer threshold, i.e. what the totals average.
+    the no-answer threshold, i.e. what the totals average. Raises ``UserError`` for any other
+    ``version``, and as the ``evaluate_*`` functions do (no questions, a v1 question without gold
+    answers, a v2 question missing from ``na_probs``).
     """
     rows: list[dict[str, Any]] = []
     if version == "squad_v1":
@@ -349,7 +356,9 @@ def load_squad_dataset(path: str, expected_version: str | None = None) -> list:
     """Load the ``data`` list of a SQuAD JSON file, checking its layout.
 
     With ``expected_version`` (e.g. ``"1.1"``), a different ``version`` field gives the official
-    v1.1 script's warning on stderr.
+    v1.1 script's warning on stderr. Raises ``UserError`` naming ``path`` when the file is missing,
+    unreadable, not UTF-8 or not JSON (with line and column), is not an object with a ``data`` list, or
+    breaks the layout scoring reads (naming the first faulty ``data[i].paragraphs[j].qas[k]``).
     """
     obj = _read_json(path, "dataset")
     if not isinstance(obj, dict) or "data" not in obj:
@@ -364,7 +373,11 @@ def load_squad_dataset(path: str, expected_version: str | None = None) -> list:
 
 
 def load_predictions(path: str) -> dict[str, str]:
-    """Load a predictions JSON file: an object mapping question id to answer text."""
+    """Load a predictions JSON file: an object mapping question id to answer text.
+
+    Raises ``UserError`` naming ``path`` when the file is missing, unreadable or not JSON, is not an
+    object, or maps a question id to something other than a string.
+    """
     obj = _read_json(path, "predictions")
     if not isinstance(obj, dict):
         raise UserError(f"{path}: predictions must be a JSON object mapping question id to answer text")
@@ -375,7 +388,11 @@ def load_predictions(path: str) -> dict[str, str]:
 
 
 def load_na_probs(path: str) -> dict[str, float]:
-    """Load a no-answer probability JSON file: an object mapping question id to a number."""
+    """Load a no-answer probability JSON file: an object mapping question id to a number.
+
+    Raises ``UserError`` naming ``path`` when the file is missing, unreadable or not JSON, is not an
+    object, or maps a question id to something other than a number (booleans included).
+    """
     obj = _read_json(path, "no-answer probability")
     if not isinstance(obj, dict):
         raise UserError(

@@ -29,7 +29,11 @@ def recipe_files(root: Path = ROOT) -> dict[str, Path]:
 
 
 def resolve(target: str, root: Path = ROOT) -> tuple[Path, str | None]:
-    """A make target -> (recipe file, stage name or None for the whole recipe)."""
+    """A make target -> (recipe file, stage name or None for the whole recipe).
+
+    The longest recipe name that prefixes the target wins. Raises UserError naming the target when it names
+    no recipe (with the closest name, if any) or a stage the recipe does not have (listing its stages).
+    """
     from finetune.recipe import did_you_mean, read_yaml
 
     files = recipe_files(root)
@@ -55,6 +59,7 @@ def _stage_names(path: Path, read_yaml) -> list[str]:
 
 
 def list_recipes(root: Path = ROOT) -> str:
+    """The `make recipes` table: each target, its stages and base model (or "(invalid)" and the error)."""
     from finetune.recipe import load_recipe
 
     lines = [f"{'make target':<22} {'stages (make <target>-<stage>)':<34} base model"]
@@ -69,6 +74,8 @@ def list_recipes(root: Path = ROOT) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m finetune.targets TARGET [args]`: run the target's recipe (or stage, as `--only`) through the
+    CLI; no target or `--list` prints the recipe table. Returns the exit code (2 for an unknown target)."""
     from finetune.cli import main as cli_main
 
     args = list(sys.argv[1:] if argv is None else argv)

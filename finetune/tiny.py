@@ -9,9 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune.data import iter_strings
 from finetune.errors import UserError, first_line
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 ARCHITECTURES = ("llama", "qwen2", "mistral")
 SPECIAL_TOKENS = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
@@ -21,7 +25,9 @@ DEFAULT_CORPUS_DIRS = ("recipes/data",)
 
 
 def corpus_files(paths: Iterable[str]) -> list[Path]:
-    """Text, JSON, JSONL and CSV files under the given files/folders, sorted for a reproducible tokenizer."""
+    """Text, JSON, JSONL, CSV and Markdown files under the given files/folders, sorted for a reproducible
+    tokenizer (a file named directly is taken whatever its suffix). Raises UserError naming a path that does
+    not exist, or when no corpus file is found at all."""
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
@@ -57,7 +63,7 @@ def corpus_lines(files: list[Path]) -> Iterator[str]:
             yield line
 
 
-def build_tokenizer(files: list[Path], vocab_size: int = 4096):
+def build_tokenizer(files: list[Path], vocab_size: int = 4096) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE tokenizer with a ChatML chat template.
 
     Unlike GPT-2-style pre-tokenisation (where "Ġnurse" after a space and "nurse" after a newline are
@@ -89,9 +95,14 @@ def build_tokenizer(files: list[Path], vocab_size: int = 4096):
     return hf
 
 
-def model_config(arch: str, vocab_size: int, tokenizer, hidden: int = 128, layers: int = 2, heads: int = 4,
-                 kv_heads: int = 2, intermediate: int = 256, max_positions: int = 1024):
-    """A small config of a real architecture; ids of the special tokens come from the tokenizer."""
+def model_config(arch: str, vocab_size: int, tokenizer: PreTrainedTokenizerBase, hidden: int = 128, layers: int = 2,
+                 heads: int = 4, kv_heads: int = 2, intermediate: int = 256,
+                 max_positions: int = 1024) -> PreTrainedConfig:
+    """A small config of a real architecture; ids of the special tokens come from the tokenizer.
+
+    Word embeddings are tied, there is no BOS token, and Mistral gets no sliding window. Raises UserError
+    when `arch` is not one of ARCHITECTURES.
+    """
     from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
     common = dict(

@@ -101,6 +101,7 @@ def config_fields(kind: str) -> dict[str, FieldSpec]:
 
 
 def config_class_name(kind: str) -> str:
+    """The name of the TRL config class a stage kind's `train:` block goes to, e.g. "SFTConfig" for sft."""
     return CONFIG_CLASSES[kind][1]
 
 

@@ -27,6 +27,8 @@ class YAML12Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 scalars and duplicate keys refused (see the module docstring)."""
 
     def construct_mapping(self, node, deep=False):
+        """SafeLoader's mapping, after refusing a key that appears twice (a ConstructorError naming both
+        lines); merge keys (`<<:`) and unhashable keys are left to SafeLoader."""
         if isinstance(node, yaml.MappingNode):
             seen: dict = {}
             for key_node, _ in node.value:

@@ -22,10 +22,15 @@ back when training ends, so the stage saves the best model rather than the last.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
 
 from finetune.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase, Trainer
 
 # Where each trainer logs its reward and KL (the first key present wins).
 REWARD_KEYS = ("reward", "objective/scores", "rewards/margins", "objective/rlhf_reward")
@@ -48,6 +53,7 @@ class Point:
     per_question_f1: list[float] = field(repr=False)
 
     def metrics(self) -> dict:
+        """The point as a trainer log entry: `step` and the `watch/*` scores, rounded."""
         return {
             "step": self.step,
             "watch/f1": round(self.f1, 3),
@@ -138,7 +144,7 @@ class TaskMetricCallback(TrainerCallback):
     are logged by the main one.
     """
 
-    def __init__(self, cfg: dict, stage_name: str, tokenizer, batch_size: int = 16):
+    def __init__(self, cfg: dict, stage_name: str, tokenizer: PreTrainedTokenizerBase, batch_size: int = 16):
         from finetune.evaluation import load_task, task_rows
 
         self.cfg, self.stage_name, self.tokenizer, self.batch_size = cfg, stage_name, tokenizer, batch_size
@@ -156,9 +162,9 @@ class TaskMetricCallback(TrainerCallback):
         self.alarms: list[dict] = []
         self.best: tuple[float, int, dict] | None = None  # (score, step, trainable tensors)
 
-    def bind(self, trainer):
+    def bind(self, trainer: Trainer) -> TaskMetricCallback:
         """Attach to `trainer`. Raises UserError under FSDP or DeepSpeed ZeRO-3, where the unwrapped policy
-        holds only this rank's shard of the weights and cannot generate on its own."""
+        holds only this rank's shard of the weights and cannot generate on its own. Returns the callback."""
         plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
         if getattr(trainer, "is_fsdp_enabled", False) or (plugin is not None and plugin.zero_stage == 3):
             raise UserError(
@@ -168,7 +174,7 @@ class TaskMetricCallback(TrainerCallback):
         self.trainer = trainer
         return self
 
-    def _policy(self):
+    def _policy(self) -> torch.nn.Module:
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         return getattr(model, "policy", model)  # TRL's PPO trains a policy-and-value wrapper
 
@@ -215,7 +221,7 @@ class TaskMetricCallback(TrainerCallback):
                 if stop:
                     control.should_training_stop = True
 
-    def _keep_if_best(self, point: Point, model) -> None:
+    def _keep_if_best(self, point: Point, model: torch.nn.Module) -> None:
         if not self.cfg["select_best"]:
             return
         score = point.f1 if self.cfg["select_best"] == "f1" else point.exact
@@ -233,6 +239,7 @@ class TaskMetricCallback(TrainerCallback):
         return self.best[1]
 
     def on_train_begin(self, args, state, control, **kwargs):
+        """Score the starting policy; on a resumed run, warn that comparisons start from the resumed step."""
         if state.global_step > 0:
             from finetune.ranks import log
 
@@ -243,6 +250,8 @@ class TaskMetricCallback(TrainerCallback):
         self._score(state, control)
 
     def on_step_end(self, args, state, control, **kwargs):
+        """Every `every` optimizer steps: score now if the trainer has already logged this step (TRL's
+        PPOTrainer), else request a log (`control.should_log`) and score in `on_log` once the reward is in."""
         if state.global_step % self.cfg["every"]:
             return
         logged_now = any(
@@ -255,11 +264,13 @@ class TaskMetricCallback(TrainerCallback):
             self.due = state.global_step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        """Score the watch step that `on_step_end` left waiting for this step's log."""
         if self.due is not None and self.due == state.global_step:
             self.due = None
             self._score(state, control)
 
     def on_train_end(self, args, state, control, **kwargs):
+        """Score the final policy (nothing new when the last step was already scored)."""
         self._score(state, control)
 
     def record(self) -> dict:
@@ -275,6 +286,6 @@ class TaskMetricCallback(TrainerCallback):
         }
 
 
-def of(trainer) -> TaskMetricCallback | None:
+def of(trainer: Trainer) -> TaskMetricCallback | None:
     """The trainer's TaskMetricCallback, if its stage watches a task."""
     return next((c for c in trainer.callback_handler.callbacks if isinstance(c, TaskMetricCallback)), None)

@@ -24,6 +24,7 @@ OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_EVALUATE_O
 
 
 def offline_env() -> dict:
+    """This process's environment with OFFLINE_ENV on top (no hub access, quiet transformers), for children."""
     return {**os.environ, **OFFLINE_ENV}
 
 
@@ -43,15 +44,18 @@ def set_threads(n: int | None) -> str:
 
 
 def add_threads_arg(parser) -> None:
+    """Add `--threads N` (torch threads; default torch's own) to a benchmark's argparse parser."""
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's own, one per core; --quick: 1)")
 
 
 def median(xs) -> float:
+    """The median of `xs`, or NaN when it is empty."""
     return statistics.median(xs) if xs else float("nan")
 
 
 def fmt_list(xs, spec: str = ".3f") -> str:
+    """`xs` formatted with `spec` and joined with ", " (the per-run figures beside a median)."""
     return ", ".join(format(x, spec) for x in xs)
 
 

@@ -25,6 +25,7 @@ FULL_TIME = {"overhead": "~10 min", "packing": "~6 min", "memory": "~10 min", "g
 
 
 def command(name: str, quick: bool, threads: int | None) -> list[str]:
+    """The command line that runs benchmark `name` (B4: eval/bench_generation.py; the others: their module)."""
     if name == "generation":
         rounds = ["--rounds", "1", "--copies", "1"] if quick else ["--rounds", "5"]
         return [sys.executable, "eval/bench_generation.py", *rounds]
@@ -48,6 +49,10 @@ def generation_row(lines: list[str]) -> list[str] | None:
 
 
 def run(name: str, quick: bool, threads: int | None) -> tuple[list[str], float]:
+    """Run one benchmark as a child process, streaming its output; returns (its table row, wall seconds).
+
+    A child that fails or prints no summary line gets a "failed" row.
+    """
     cmd = command(name, quick, threads)
     env = offline_env()
     if threads and name == "generation":  # B4 takes torch's thread count from the environment
@@ -75,6 +80,7 @@ def run(name: str, quick: bool, threads: int | None) -> tuple[list[str], float]:
 
 
 def main(argv=None) -> None:
+    """`python -m finetune.bench`: run the named benchmarks (default all) and print the markdown table."""
     parser = argparse.ArgumentParser(prog="python -m finetune.bench", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"benchmarks to run (default all): {', '.join(BENCHMARKS)}")

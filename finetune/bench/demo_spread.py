@@ -95,6 +95,10 @@ def table(runs: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the demo once per seed on each kernel path, write spread.md and spread.json to `--out`.
+
+    Returns 0 when every run met every target, 1 when one missed, 2 for a non-empty `--out` without `--reuse`.
+    """
     parser = argparse.ArgumentParser(prog="python -m finetune.bench.demo_spread",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])

@@ -18,6 +18,8 @@ import time
 
 
 def main(argv: list[str] | None = None) -> None:
+    """B7: generate the task's questions with the three variants alternately for `--rounds` rounds; print
+    questions/s, speed-up, wasted share and EM/F1 per variant (and write them to `--json` if given)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--model",
@@ -74,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     from finetune import squad
 
     def scores(gens):
+        """(EM, F1) in percent, rounded to 2 places, of one variant's generations."""
         preds = {r["id"]: extract_answer(g, task) or "" for r, g in zip(rows, gens, strict=True)}
         from finetune.evaluation import official_layout
 

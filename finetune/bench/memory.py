@@ -58,6 +58,7 @@ MIB = 2**20
 
 
 def build_model(out: Path) -> Path:
+    """Build the random-weight SmolLM2-135M-shaped Llama (seed 0) with a tiny BPE tokenizer; save to `out`."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -103,6 +104,8 @@ def activation_bytes(seq: int, checkpointing: bool, batch: int = 1) -> float:
 
 
 def estimates(seq: int, checkpointing: bool) -> dict:
+    """Estimated bytes per variant: {"params", "adapter", "activations", "static": {variant: weights +
+    gradients + optimizer state}, "total": {variant: static + activations}} (see the module docstring)."""
     c, act = counts(), activation_bytes(seq, checkpointing)
     total = c["embedding"] + c["linear"] + c["norm"]
     nf4 = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 constant per 256 absmax
@@ -113,6 +116,7 @@ def estimates(seq: int, checkpointing: bool) -> dict:
 
 
 def base_model_entry(path: str) -> dict:
+    """A recipe `base_model:` block for the model at `path` (fp32, no template), as load_base_model takes it."""
     return {"path": path, "revision": None, "dtype": "float32", "attn_implementation": None,
             "trust_remote_code": False, "tokenizer": None, "chat_template": None,
             "training_chat_template": None}
@@ -142,6 +146,8 @@ def checkpoint_pages(model, model_dir: str) -> dict:
 
 
 def child(args) -> None:
+    """One variant in this process: load, prepare and train `args.steps` steps, then emit the RSS figures as
+    a tagged JSON line (the baseline only imports torch and transformers)."""
     import torch
     import transformers  # noqa: F401
 
@@ -195,6 +201,8 @@ ALLOCATORS = {"stock": {}, "tight": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
 
 
 def parent(args) -> None:
+    """Build (or reuse) the model, run every variant under both allocators in child processes for
+    `args.rounds` rounds, and print the medians against the estimates and the B3 summary line."""
     threads = set_threads(args.threads)
     own_dir = args.model_dir is None
     model_dir = Path(args.model_dir or tempfile.mkdtemp(prefix="bench-b3-model-"))
@@ -234,6 +242,7 @@ def parent(args) -> None:
             shutil.rmtree(model_dir, ignore_errors=True)
 
     def med(variant: str, alloc: str, fn) -> float:
+        """Median of `fn` over one (variant, allocator)'s runs."""
         return median([fn(o) for o in runs[(variant, alloc)]])
 
     base = med("baseline", "stock", lambda o: o["rss_mb"])
@@ -286,6 +295,7 @@ def parent(args) -> None:
 
 
 def main(argv=None) -> None:
+    """B3 entry point: the parent (all variants) or, with the internal `--variant`, one child."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 steps, 1 round: proves it runs")
     parser.add_argument("--variant", choices=("baseline", *VARIANTS), help=argparse.SUPPRESS)

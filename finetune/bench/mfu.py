@@ -93,6 +93,7 @@ def stage_mfu(stage_dir: Path, peaks: dict[str, float]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """B8: measure the fp32 and bf16 GEMM peaks here, then print each finished stage's model FLOPs utilisation."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "stage_dirs", nargs="+", help="finished training stage folders (runs/<recipe>/<stage>)"

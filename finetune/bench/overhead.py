@@ -44,6 +44,7 @@ FIRST_LOSSES = 3
 
 
 def make_timer():
+    """A TrainerCallback recording the training loop's wall time, per-step times, logged losses and RSS peak."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
@@ -87,6 +88,8 @@ def train_settings(args) -> dict:
 
 
 def run_ours(args, workdir: Path, timer) -> None:
+    """The toolkit's variant: a one-stage SFT recipe run by `run_recipe` in `workdir`, with `timer` added to
+    its SFTTrainer (SFTTrainer.__init__ is patched in this child process to add it)."""
     import trl
     import yaml
 
@@ -110,6 +113,7 @@ def run_ours(args, workdir: Path, timer) -> None:
 
 
 def run_bare(args, workdir: Path, timer) -> None:
+    """The bare-TRL variant: the same rows, model and SFTConfig settings straight into SFTTrainer, with `timer`."""
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -133,6 +137,7 @@ def run_bare(args, workdir: Path, timer) -> None:
 
 
 def child(args) -> None:
+    """Train one variant (`args.variant`) in this process and emit its timings, RSS and losses as tagged JSON."""
     import torch  # noqa: F401
     import transformers  # noqa: F401
     import trl  # noqa: F401
@@ -154,6 +159,8 @@ def child(args) -> None:
 
 
 def parent(args) -> dict:
+    """Alternate the two variants in child processes (warm-up rounds first), print the medians and ratios,
+    and return {"line": the B1 summary line}."""
     common = ["--model", args.model, "--data", args.data, "--steps", str(args.steps), "--batch", str(args.batch),
               "--lr", str(args.lr), "--max-length", str(args.max_length), "--seed", str(args.seed)]
     results: dict[str, list[dict]] = {"ours": [], "bare": []}
@@ -217,6 +224,7 @@ def parent(args) -> dict:
 
 
 def main(argv=None) -> None:
+    """B1 entry point: the parent (both variants, 1 thread by default) or, with `--variant`, one child."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few steps and rounds: proves it runs, noisy figures")
     parser.add_argument("--variant", choices=("ours", "bare"), help=argparse.SUPPRESS)

@@ -66,6 +66,7 @@ def build_texts(tokenizer, n: int, lo: int, hi: int, seed: int) -> list[str]:
 
 
 def make_timer():
+    """A TrainerCallback whose `.seconds` is the time from on_train_begin to on_train_end."""
     from transformers import TrainerCallback
 
     class Window(TrainerCallback):
@@ -79,6 +80,7 @@ def make_timer():
 
 
 def sft_config(out_dir: str, args, **over):
+    """The SFTConfig every variant trains with (fp32 on CPU, no saving or checkpointing), `over` on top."""
     from trl import SFTConfig
 
     settings = dict(output_dir=out_dir, seed=args.seed, data_seed=args.seed, max_steps=args.steps,
@@ -89,6 +91,7 @@ def sft_config(out_dir: str, args, **over):
 
 
 def load_model(model_dir: str, attn: str):
+    """The model at `model_dir` in float32 with attention kernel `attn` (eager, sdpa, flex_attention, ...)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -96,6 +99,7 @@ def load_model(model_dir: str, attn: str):
 
 
 def trainer_class(variant: str):
+    """The toolkit's row-packed SFTTrainer subclass for "packed"; TRL's SFTTrainer for the other variants."""
     from trl import SFTTrainer
 
     from finetune.packing import row_packed_trainer_class
@@ -104,6 +108,8 @@ def trainer_class(variant: str):
 
 
 def train_once(variant: str, dataset, tokenizer, args, batch: int) -> dict:
+    """Train one variant `args.steps` steps at `batch` rows per step from fresh weights; returns {"tokens"
+    (non-pad, TRL's num_tokens), "seconds" (the training loop), "tok_s", "steps"}."""
     from transformers import PrinterCallback
 
     # padding_free without packing refuses a max_length it would not enforce; the rows are shorter anyway.
@@ -210,6 +216,8 @@ def simulated_padding(lengths: list[int], batch: int, seed: int) -> tuple[float,
 
 
 def main(argv=None) -> None:
+    """B2: alternate the variants' training runs, print non-pad tokens/s, then the leak check per attention
+    kernel (with its two controls) and the summary line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few steps, 1 round: proves it runs, noisy figures")
     parser.add_argument("--model", default="models/tiny-llama")

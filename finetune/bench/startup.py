@@ -20,6 +20,7 @@ TARGET_S = 1.0
 
 
 def commands(recipe: str) -> dict[str, list[str]]:
+    """Label -> command line of the three timed commands, from the venv's console scripts."""
     bin_dir = Path(sys.executable).parent
     return {"finetune --help": [str(bin_dir / "finetune"), "--help"],
             f"finetune validate {recipe}": [str(bin_dir / "finetune"), "validate", recipe],
@@ -27,6 +28,7 @@ def commands(recipe: str) -> dict[str, list[str]]:
 
 
 def time_once(cmd: list[str]) -> float:
+    """Wall seconds of one run of `cmd` from the repository root; RuntimeError when it exits non-zero."""
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=offline_env(), capture_output=True, text=True)
     elapsed = time.perf_counter() - start
@@ -36,6 +38,7 @@ def time_once(cmd: list[str]) -> float:
 
 
 def main(argv=None) -> None:
+    """B5: time the commands alternately (after a warm-up run each) and print medians and the summary line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="3 runs each")
     parser.add_argument("--runs", type=int, default=None, help="runs per command (default 15; quick 3)")

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune import modeling
 from finetune.errors import UserError, first_line
 from finetune.manifest import last_checkpoint, sha256_text
 from finetune.recipe_types import BaseModel, Shared, Stage
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
+    from transformers.trainer_utils import TrainOutput
 
 RECORDED_ARGS = ("bf16", "fp16", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                  "gradient_accumulation_steps", "max_length", "packing", "beta", "loss_type", "kl_coef",
@@ -37,9 +42,14 @@ def toolkit_defaults(train: dict, has_eval: bool) -> dict:
     return defaults
 
 
-def build_config(config_cls, stage: Stage, seed: int, stage_dir: Path, has_eval: bool, defaults: dict | None = None,
-                 **forced):
-    """Instantiate the TRL config from the recipe's `train:` block, our defaults and values we must set."""
+def build_config(config_cls: type[TrainingArguments], stage: Stage, seed: int, stage_dir: Path, has_eval: bool,
+                 defaults: dict | None = None, **forced) -> TrainingArguments:
+    """Instantiate the TRL config from the recipe's `train:` block, our defaults and values we must set.
+
+    Precedence, lowest first: `toolkit_defaults`, `defaults`, the recipe's `train:`, `forced`; output_dir
+    (<stage_dir>/checkpoints) and seed (and data_seed, where the config has it and it is unset) are always
+    ours. Raises UserError naming the stage and the config class when the config rejects the settings.
+    """
     train = stage["train"]
     kwargs = {**toolkit_defaults(train, has_eval), **(defaults or {}), **train, **forced,
               "output_dir": str(stage_dir / "checkpoints"), "seed": seed}
@@ -52,11 +62,14 @@ def build_config(config_cls, stage: Stage, seed: int, stage_dir: Path, has_eval:
         raise UserError(f"stage {stage['name']}: train: {config_cls.__name__} rejected the settings: {msg}") from None
 
 
-def build_trainer(trainer_cls, stage: Stage, explain=None, **kwargs):
+def build_trainer(trainer_cls: type[Trainer], stage: Stage, explain=None, **kwargs) -> Trainer:
     """Construct a TRL trainer; settings it rejects while setting up become one line naming the stage.
 
     TRL checks some combinations only in the trainer's constructor (padding-free without packing, PPO batch
-    sizes that do not divide, ...). `explain(error)` may return a more specific message.
+    sizes that do not divide, ...). `explain(error)` may return a more specific message. Raises UserError
+    (that message, or one naming the stage and the trainer class) when the constructor raises ValueError,
+    TypeError or AssertionError, or a RuntimeError that `explain` recognises; other RuntimeErrors propagate.
+    With the stage's `watch:` block, a TaskMetricCallback is added to the trainer.
     """
     try:
         trainer = trainer_cls(**kwargs)
@@ -87,8 +100,12 @@ def start_dir(base_model: BaseModel, init: dict) -> str:
     return str(full_model_dir(init["artifact"], base_model))
 
 
-def load_policy(base_model: BaseModel, stage: Stage, init: dict, gradient_checkpointing: bool, **extra):
-    """Starting model, quantised if the stage asks (QLoRA), k-bit-prepared; the adapter is left to TRL."""
+def load_policy(base_model: BaseModel, stage: Stage, init: dict, gradient_checkpointing: bool,
+                **extra) -> tuple[PreTrainedModel, str]:
+    """Starting model, quantised if the stage asks (QLoRA), k-bit-prepared; the adapter is left to TRL.
+
+    Returns (model, the folder it was loaded from: see `start_dir`).
+    """
     source = start_dir(base_model, init)
     model = modeling.load_base_model(base_model, stage["quantization"], path=source, **extra)
     if stage["quantization"]:
@@ -98,7 +115,7 @@ def load_policy(base_model: BaseModel, stage: Stage, init: dict, gradient_checkp
     return model, source
 
 
-def stage_tokenizer(base_model: BaseModel, init: dict):
+def stage_tokenizer(base_model: BaseModel, init: dict) -> PreTrainedTokenizerBase:
     """The stage's tokenizer, served with its model's chat template; the recipe's training template (if any)
     is checked to render exactly as that template before the stage trains (UserError otherwise)."""
     from finetune import chat_templates
@@ -109,10 +126,11 @@ def stage_tokenizer(base_model: BaseModel, init: dict):
     return tokenizer
 
 
-def train(trainer, stage_dir: Path, log, resumable: bool = True):
+def train(trainer: Trainer, stage_dir: Path, log, resumable: bool = True) -> TrainOutput | None:
     """Train, resuming from the newest complete checkpoint of an interrupted run when the trainer can.
     Logs the precision it computes in first (`precision: bf16 autocast (...)`). With `watch.select_best`, the
-    best watched weights are put back into the model before it returns (finetune.watch)."""
+    best watched weights are put back into the model before it returns (finetune.watch). Returns what
+    `trainer.train()` returns: a TrainOutput (None from TRL's PPOTrainer)."""
     from finetune import precision, watch
 
     chosen = precision.of_args(trainer.args, precision.detect())
@@ -131,7 +149,7 @@ def train(trainer, stage_dir: Path, log, resumable: bool = True):
     return result
 
 
-def train_and_save(trainer, tokenizer, stage_dir: Path, log):
+def train_and_save(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, stage_dir: Path, log) -> TrainOutput | None:
     """Train (resuming where it can), save the model to <stage>/model and, on the main process, the tokenizer
     beside it. Returns the trainer's TrainOutput."""
     result = train(trainer, stage_dir, log)
@@ -141,8 +159,9 @@ def train_and_save(trainer, tokenizer, stage_dir: Path, log):
     return result
 
 
-def train_against_reference(trainer_cls, base_model: BaseModel, stage: Stage, init: dict, stage_dir: Path, tokenizer,
-                            data: dict, args, log, model=None, **extra) -> dict:
+def train_against_reference(trainer_cls: type[Trainer], base_model: BaseModel, stage: Stage, init: dict,
+                            stage_dir: Path, tokenizer: PreTrainedTokenizerBase, data: dict, args: TrainingArguments,
+                            log, model: PreTrainedModel | None = None, **extra) -> dict:
     """What DPO and KTO share after their data: the policy of `from` (quantised if the stage asks), TRL's
     reference (the policy with its adapter disabled under peft, else a frozen copy), training, the record.
 
@@ -163,9 +182,12 @@ def train_against_reference(trainer_cls, base_model: BaseModel, stage: Stage, in
                   **extra)
 
 
-def record(trainer, result, args, stage: Stage, data: dict, tokenizer, model_dir: Path, base: str,
-           adapter: bool, **extra) -> dict:
-    """What the manifest records about a finished training stage."""
+def record(trainer: Trainer, result: TrainOutput | None, args: TrainingArguments, stage: Stage, data: dict,
+           tokenizer: PreTrainedTokenizerBase, model_dir: Path, base: str, adapter: bool, **extra) -> dict:
+    """What the manifest records about a finished training stage.
+
+    `result` is None where the trainer returns no metrics worth keeping (PPO); `extra` is added as it is.
+    """
     from finetune import precision, watch
 
     return {
@@ -183,19 +205,26 @@ def record(trainer, result, args, stage: Stage, data: dict, tokenizer, model_dir
     }
 
 
-def require_chat_template(tokenizer, data: dict, base_model: BaseModel, stage: Stage) -> None:
-    """Chat data needs a chat template: say so in one line instead of failing deep inside transformers."""
+def require_chat_template(tokenizer: PreTrainedTokenizerBase, data: dict, base_model: BaseModel,
+                          stage: Stage) -> None:
+    """Chat data needs a chat template: say so in one line instead of failing deep inside transformers.
+
+    Raises UserError naming the stage and base_model.path when `data["kind"]` is "chat" and the tokenizer
+    has no chat template.
+    """
     if data["kind"] == "chat" and not tokenizer.chat_template:
         raise UserError(f"stage {stage['name']}: chat data needs a chat template, and the tokenizer of "
                         f"'{base_model['path']}' has none; set base_model.chat_template to a .jinja file")
 
 
-def plain_config(config_cls, stage: Stage, seed: int, data: dict, stage_dir: Path):
+def plain_config(config_cls: type[TrainingArguments], stage: Stage, seed: int, data: dict,
+                 stage_dir: Path) -> TrainingArguments:
     """A TRL config from the stage's `train:` block and our defaults alone (reward, DPO, KTO, distill)."""
     return build_config(config_cls, stage, seed, stage_dir, data["eval"] is not None)
 
 
-def prepare_pairs(shared: Shared, stage: Stage, init: dict, stage_dir: Path, config_cls, log) -> tuple:
+def prepare_pairs(shared: Shared, stage: Stage, init: dict, stage_dir: Path, config_cls: type[TrainingArguments],
+                  log) -> tuple:
     """What reward and DPO stages share: tokenizer, preference pairs, the TRL config and the pair audit."""
     from finetune import audit
     from finetune.data import stage_data
@@ -213,5 +242,6 @@ def prepare_pairs(shared: Shared, stage: Stage, init: dict, stage_dir: Path, con
 
 
 def require(condition: bool, message: str) -> None:
+    """Raise UserError(message) when `condition` is false: a one-line check of a stage's inputs."""
     if not condition:
         raise UserError(message)

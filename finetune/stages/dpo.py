@@ -25,6 +25,12 @@ def config(shared: Shared, stage: Stage, data: dict, stage_dir: Path, init: dict
 
 
 def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) -> dict:
+    """Train one DPO stage; returns what the manifest records (artifact, data, pair audit, metrics).
+
+    On the recipe's preference pairs, or, with `sample_pairs:`, on pairs the starting policy samples and SQuAD
+    F1 labels (then also the sampling summary). Raises UserError for bad data, a missing chat template, a
+    failed pair audit or settings TRL rejects.
+    """
     from trl import DPOConfig, DPOTrainer
 
     if stage["sample_pairs"]:

@@ -9,11 +9,16 @@ stage starts again.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune import modeling
 from finetune.data import stage_data
 from finetune.recipe_types import Shared, Stage
 from finetune.stages import common
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedTokenizerBase
 
 # bf16 off: TRL's PPOTrainer builds its Accelerator without the config's mixed precision (it computes in what
 # `accelerate launch` sets, fp32 otherwise), and with bf16 on it would cast a QLoRA policy's adapter to bf16.
@@ -21,7 +26,7 @@ PPO_DEFAULTS = {"stop_token": "eos", "num_sample_generations": 0, "response_leng
                 "fp16": False}
 
 
-def tokenize_prompts(prompts, tokenizer, kind: str):
+def tokenize_prompts(prompts: Dataset, tokenizer: PreTrainedTokenizerBase, kind: str) -> Dataset:
     """PPOTrainer takes tokenised queries: the chat template with the generation prompt, or the raw text."""
     def encode(row):
         if kind == "chat":
@@ -45,6 +50,13 @@ def config(shared: Shared, stage: Stage, data: dict, stage_dir: Path, init: dict
 
 
 def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) -> dict:
+    """Train one PPO stage; returns what the manifest records (artifact, data, metrics, and `ppo`: the first
+    and last logged reward score and KL).
+
+    Raises UserError for bad prompt data, a missing chat template or settings TRL rejects. Side effect: sets
+    tokenizer.padding_side to "left" (queries are generated from), and back to "right" on the main process
+    before the tokenizer is saved with the model.
+    """
     from trl.experimental.ppo import PPOTrainer
 
     from finetune.modeling import load_reward_model

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from finetune import modeling
 from finetune.recipe_types import Shared, Stage
 from finetune.stages import common
 
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-def pair_texts(pairs, tokenizer, kind: str) -> tuple[list[str], list[str]]:
+
+def pair_texts(pairs: Dataset, tokenizer: PreTrainedTokenizerBase, kind: str) -> tuple[list[str], list[str]]:
     """The full chosen / rejected texts a reward model scores, rendered as TRL renders them."""
     if kind == "text":
         return ([p + c for p, c in zip(pairs["prompt"], pairs["chosen"], strict=True)],
@@ -19,8 +24,12 @@ def pair_texts(pairs, tokenizer, kind: str) -> tuple[list[str], list[str]]:
             [render(p + r) for p, r in zip(pairs["prompt"], pairs["rejected"], strict=True)])
 
 
-def score(model, tokenizer, texts: list[str], batch_size: int = 32) -> list[float]:
-    """Reward of each text (the classifier's single logit at the last non-pad token)."""
+def score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+          batch_size: int = 32) -> list[float]:
+    """Reward of each text (the classifier's single logit at the last non-pad token), in `texts` order.
+
+    Side effects: sets tokenizer.padding_side to "right" and puts the model in eval mode.
+    """
     import torch
 
     tokenizer.padding_side = "right"
@@ -34,7 +43,7 @@ def score(model, tokenizer, texts: list[str], batch_size: int = 32) -> list[floa
     return out
 
 
-def pairwise_accuracy(model, tokenizer, pairs, kind: str) -> dict:
+def pairwise_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: Dataset, kind: str) -> dict:
     """Share of pairs where chosen outscores rejected, and the mean margin."""
     chosen, rejected = pair_texts(pairs, tokenizer, kind)
     c, r = score(model, tokenizer, chosen), score(model, tokenizer, rejected)
@@ -64,6 +73,12 @@ def config(shared: Shared, stage: Stage, data: dict, stage_dir: Path, init: dict
     return common.plain_config(RewardConfig, stage, shared.seed, data, stage_dir)
 
 def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) -> dict:
+    """Train one reward-model stage; returns what the manifest records (artifact, data, pair audit, metrics and
+    `reward_accuracy`: pairwise accuracy of the saved model on the eval split, or the train split without one).
+
+    With an adapter, the adapter is saved under <stage>/adapter and merged into <stage>/model. Raises
+    UserError for bad data, a missing chat template, a failed pair audit or settings TRL rejects.
+    """
     from trl import RewardConfig, RewardTrainer
 
     from finetune.artifacts import merge_adapter

@@ -32,6 +32,12 @@ def config(shared: Shared, stage: Stage, data: dict, stage_dir: Path, init: dict
 
 
 def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) -> dict:
+    """Train one RLOO or GRPO stage (by `stage["kind"]`); returns what the manifest records.
+
+    The rewards are the stage's `rewards:` weights (default: the trained reward model alone). Raises UserError
+    for bad prompt data, a missing chat template, verifiable rewards without gold answers, or settings TRL
+    rejects.
+    """
     import trl
 
     from finetune.modeling import load_reward_model

@@ -19,6 +19,9 @@ LOSS_FLAGS = {
 
 
 def loss_flags(kind: str, loss: str, stage_name: str) -> dict:
+    """The SFTConfig loss flags (`assistant_only_loss`, and `completion_only_loss` where it applies) for the
+    stage's `loss:` on data of `kind`. Raises UserError naming the stage when that loss does not apply to the
+    kind (e.g. assistant_only on text data)."""
     flags = LOSS_FLAGS[kind].get(loss)
     if flags is None:
         raise UserError(f"stage {stage_name}: loss '{loss}' does not apply to {kind} data; use "
