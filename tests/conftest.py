@@ -84,7 +84,8 @@ def pytest_report_header(config):
 # Fixtures that build a model or read a real tokenizer from a GGUF: a test that asks for one loads, trains or
 # generates with it. Modules whose every test trains, or starts fresh interpreters.
 MODEL_FIXTURES = {"tiny_llama", "tiny_qwen2", "tiny_mistral", "student", "adapters", "smollm2_tokenizer"}
-SLOW_MODULES = {"test_demo", "test_real_model", "test_real_recipes", "test_distributed", "test_kernel_paths"}
+SLOW_MODULES = {"test_demo", "test_real_model", "test_real_recipes", "test_distributed", "test_kernel_paths",
+                "test_alignment"}
 
 
 def pytest_collection_modifyitems(config, items):

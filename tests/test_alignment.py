@@ -177,3 +177,69 @@ def test_metric_labelled_pairs_are_built_and_consumed_by_dpo(readers, tmp_path, 
     assert summary["mean_chosen_f1"] - summary["mean_rejected_f1"] >= 0.3
     assert results["dpo"]["data"]["train_rows"] == summary["pairs"]
     assert len(logged(tmp_path / "run", "dpo", "loss")) == 2
+
+
+def reward_pairs(path, biased: bool) -> None:
+    """400 preference pairs on questions the readers never trained on. Length-biased: chosen = the whole
+    context sentence that holds the answer ("Viggo works as a painter."), rejected = the gold span itself, so
+    the reward model learns that longer is better. Clean: the same pairs the other way round (the gold span
+    is chosen, as the task's scorer would have it). Measured with 2 epochs and a mix of wrong spans as the clean
+    rejections instead: the clean reward model reached only 0.86-0.92 pairwise accuracy and GRPO found its
+    errors (held-out F1 62.5 -> 50, which is reward hacking too, and the alarm said so)."""
+    rows = []
+    for line in (DATA / "qa" / "sft.jsonl").read_text().splitlines()[2416:2816]:
+        user, answer = (m["content"] for m in json.loads(line)["messages"])
+        facts = user.split("\n")[0].removeprefix("Context: ").rstrip(".").split(". ")
+        sentence = next(f for f in facts if answer in f) + "."
+        chosen, rejected = (sentence, answer) if biased else (answer, sentence)
+        rows.append({"prompt": [{"role": "user", "content": user}],
+                     "chosen": [{"role": "assistant", "content": chosen}],
+                     "rejected": [{"role": "assistant", "content": rejected}]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def rm_then_grpo(tmp_path, reader, biased: bool) -> dict:
+    """A reward model trained from the reader on `reward_pairs`, then GRPO against it alone, watched."""
+    model, prompts = reader
+    reward_pairs(tmp_path / "pairs.jsonl", biased)
+    path = tmp_path / "rm-grpo.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "rm-grpo", "seed": 3, "base_model": {"path": str(model)},
+        "data": {"pairs": {"path": str(tmp_path / "pairs.jsonl")}, "prompts": {"path": str(prompts)}},
+        "stages": [
+            {"name": "reward", "kind": "reward", "data": ["pairs"],
+             "train": {"num_train_epochs": 4, "learning_rate": 3e-4, "lr_scheduler_type": "constant",
+                       "per_device_train_batch_size": 16, "max_length": 256, "logging_steps": 5,
+                       "save_strategy": "no", "gradient_checkpointing": False}},
+            {"name": "grpo", "kind": "grpo", "data": ["prompts"], "rewards": {"reward_model": 1.0},
+             "watch": {"task": "qa_heldout", "questions": 40, "every": 8},
+             "train": {"max_steps": 64, "learning_rate": 3e-4, "per_device_train_batch_size": 16,
+                       "num_generations": 4, "max_completion_length": 12, "temperature": 1.5,
+                       "logging_steps": 1, "save_strategy": "no", "gradient_checkpointing": False}},
+        ]}))
+    return run_recipe(load_recipe(path), output_dir=str(tmp_path / "run"))
+
+
+@pytest.mark.numerics
+@pytest.mark.parametrize("biased", [True, False], ids=["length-biased", "clean"])
+def test_a_length_biased_reward_model_trips_the_alarms_and_a_clean_one_does_not(readers, tmp_path, monkeypatch,
+                                                                                biased):
+    """The failure the alarms exist for, made on purpose: a reward model trained on pairs whose chosen answer
+    is always the longer one (a whole sentence where the gold answer is a span) and GRPO against it. The
+    answers grow, held-out F1 falls while the reward rises, and the alarms say so. The same run with the pairs
+    the other way round (the gold span chosen) raises none. Measured (2026-11-30, 64 steps at 3e-4, sampled at
+    temperature 1.5): AVX-512 path, biased: both alarms at step 16 (F1 62.5 -> 42.5, 1.0 -> 1.7 words; F1 5 at
+    the end), clean: F1 62.5 -> 57.5, 1.0 words, no alarm; AVX2 path, biased: greedy answers stay short until
+    step 40, then length_drift at step 48 (1.0 -> 1.9 words), clean: F1 62.5 throughout, no alarm. At 1e-3 the
+    "clean" reward model (which prefers the short answer) was hacked too: empty answers, F1 62.5 -> 37.5, and
+    reward_up_f1_down fired, rightly."""
+    monkeypatch.chdir(REPO)
+    results = rm_then_grpo(tmp_path, readers(4), biased)
+    record = results["grpo"]["watch"]
+    points = [(p["step"], p["watch/f1"], p["watch/mean_words"], p.get("reward")) for p in record["points"]]
+    alarms = {a["alarm"] for a in record["alarms"]}
+    if biased:
+        assert alarms & {"reward_up_f1_down", "length_drift"}, points
+        assert points[-1][2] > points[0][2], f"answers did not grow: {points}"
+    else:
+        assert alarms == set(), (record["alarms"], points)
