@@ -13,7 +13,9 @@ from finetune.errors import UserError, error_line
 def cmd_validate(args) -> int:
     """`finetune validate RECIPE [overrides]`: load and check a recipe without importing torch.
 
-    `--deep` also runs the pipeline's preflight (reads every stage's data, builds its TRL config). Prints a
+    `--deep` also runs the pipeline's preflight (reads every stage's data, builds its TRL config, runs the
+    tokenizer checks and label audits of each stage on a local base model's tokenizer, reads hub eval data)
+    and the data audit's thresholds: everything `run` checks before it loads a model. Prints a
     one-line summary, the chat template fidelity note, and a note when base_model.path is a hub id.
     """
     from finetune.recipe import load_recipe
@@ -23,7 +25,7 @@ def cmd_validate(args) -> int:
     if args.deep:  # what `finetune run` checks before its first stage trains (imports TRL: seconds)
         from finetune.pipeline import preflight
 
-        preflight(recipe)
+        preflight(recipe, data_audit=True)
     stages = ", ".join(f"{s['name']} ({s['kind']})" for s in recipe["stages"])
     print(f"{args.recipe}: ok — {len(recipe['stages'])} stage(s): {stages}")
     from finetune.chat_templates import fidelity_note

@@ -161,14 +161,40 @@ def describe_answer_rule(rule: dict | None) -> str:
     return ", ".join(parts)
 
 
-def check_task(name_or_path: str) -> dict:
-    """Load a task and read its local data files (rows and few-shot rows), so that a bad task or row fails
-    before any model loads or trains. Hub datasets are checked when the evaluation reads them."""
+def check_task(name_or_path: str, hub: bool = False) -> dict:
+    """Load a task and read its data (rows and few-shot rows), so that a bad task or row fails before any
+    model loads or trains: local files always, hub datasets only with `hub` (`finetune validate --deep`).
+
+    Returns the task spec. Raises UserError for everything `load_task` and `read_rows` refuse, a data file
+    that does not exist, a task without questions, and, for squad_v1, a question without gold answers (which
+    scoring would refuse after every stage has trained).
+    """
     task = load_task(name_or_path)
     for key, split in (("data", task["split"]), ("few_shot_data", "train")):
-        if task[key] and Path(task[key]).is_file():
-            read_rows(task[key], task["format"], split, task["subset"])
+        if not task[key] or (_on_hub(task[key], task["format"]) and not hub):
+            continue
+        rows = read_rows(task[key], task["format"], split, task["subset"])
+        if key == "data" and not rows:
+            raise UserError(f"eval task {task['name']}: {task['data']} has no questions")
+        if key == "data" and task["metric"] == "squad_v1":
+            for row in rows:
+                if not row["golds"]:
+                    raise UserError(squad.no_gold_message(row["id"]))
     return task
+
+
+def _on_hub(path: str, fmt: str) -> bool:
+    """Whether eval data `path` names a hub dataset (not a local file): read_rows fetches it with `datasets`."""
+    from finetune.schema import HUB_ID
+
+    return not Path(path).is_file() and fmt != "squad_json" and bool(HUB_ID.match(path)) and not Path(path).suffix
+
+
+def missing_chat_template(task: dict) -> UserError:
+    """The refusal of a `chat_template: true` task for a model whose tokenizer has no chat template."""
+    return UserError(f"eval task {task['name']}: chat_template: true, but the model's tokenizer has no chat "
+                     "template; set base_model.chat_template to a .jinja file, or use a task with "
+                     "chat_template: false")
 
 
 def _hub_rows(dataset_id: str, subset: str | None, split: str) -> list[dict]:
@@ -193,9 +219,7 @@ def read_rows(path: str, fmt: str, split: str = "validation", subset: str | None
     """
     p = Path(path)
     if not p.is_file():
-        from finetune.schema import HUB_ID
-
-        if fmt == "squad_json" or not HUB_ID.match(path) or p.suffix:
+        if not _on_hub(path, fmt):
             raise UserError(f"eval data '{path}' not found")
         return _rows_from_records(_hub_rows(path, subset, split), fmt, path)
     if fmt == "squad_json":  # squad.load_squad_dataset checks the layout (lists, ids, answers) and UTF-8
@@ -267,9 +291,7 @@ def build_prompts(task: dict, rows: list[dict], tokenizer: PreTrainedTokenizerBa
     tokenizer has no chat template (and, through `read_rows`, for unreadable few-shot data).
     """
     if task["chat_template"] and not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"eval task {task['name']}: chat_template: true, but the model's tokenizer has no chat "
-                        "template; set base_model.chat_template to a .jinja file, or use a task with "
-                        "chat_template: false")
+        raise missing_chat_template(task)
     shots_pool = read_rows(task["few_shot_data"], task["format"], "train", task["subset"]) if task["few_shot"] else []
     rng = random.Random(0)
     prompts = []

@@ -177,7 +177,9 @@ def prepare_trainable(model: PreTrainedModel, peft: dict | None, quant: dict | N
 
         try:
             model = get_peft_model(model, peft_config(peft, task_type, getattr(model, "name_or_path", None)))
-        except OSError as e:  # prompt tuning's init_text reads the tokenizer from the model's folder
+        except (OSError, ValueError) as e:  # prompt tuning's init_text reads the tokenizer from the model's folder
+            if not peft.get("init_text"):  # (transformers 5 says ValueError when the folder has no tokenizer)
+                raise
             raise UserError(f"peft.init_text: cannot read a tokenizer beside the model to embed the text "
                             f"({first_line(e)}); drop init_text or keep the tokenizer with the model") from None
     return model

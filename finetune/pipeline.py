@@ -17,7 +17,7 @@ from finetune import gguf_models, runlock
 from finetune import manifest as mf
 from finetune.errors import UserError
 from finetune.ranks import log
-from finetune.recipe_types import Recipe, Shared, Stage
+from finetune.recipe_types import BaseModel, Recipe, Shared, Stage
 from finetune.schema import POLICY_KINDS, RUNNABLE_KINDS
 
 
@@ -92,22 +92,68 @@ def _stage_runner(kind: str):
     return _stage_module(kind).run
 
 
-def preflight(recipe: Recipe) -> None:
+def preflight(recipe: Recipe, data_audit: bool = False) -> None:
     """Before the first stage trains, what every stage checks before its own first heavy step: its data is
     read and normalised (bad rows, mixed kinds, an eval split that leaves nothing) and its TRL config is built
     from its `train:` block (settings TRL's config refuses, a `loss:` that does not fit the data, verifiable
-    rewards without gold answers). So a mistake in the last stage fails before the first one trains, not
-    after. Loads no model. Raises UserError naming the stage."""
+    rewards without gold answers). With a base model in a local folder, its tokenizer is loaded (no model)
+    and each stage's tokenizer checks run as the stage runs them: a chat template for chat data, the turns
+    the template keeps, the pair and KTO label audits. Eval and watch tasks on the hub are read. With
+    `data_audit` (`finetune validate --deep`; `run` audits right after this), the data audit's thresholds too.
+    So a mistake in the last stage fails before the first one trains, not after. Loads no model. Raises
+    UserError naming the stage (or task)."""
     import tempfile
 
     from finetune.data import stage_data
     from finetune.data_audit import purpose
+    from finetune.evaluation import check_task
 
     shared = Shared.of(recipe)
+    tokenizer = _local_tokenizer(recipe["base_model"])
     with tempfile.TemporaryDirectory() as tmp:
         for stage in recipe["stages"]:
             data = stage_data(shared.sources, stage, shared.seed, purpose(stage))
-            _stage_module(stage["kind"]).config(shared, stage, data, Path(tmp) / stage["name"], None)
+            args = _stage_module(stage["kind"]).config(shared, stage, data, Path(tmp) / stage["name"], None)
+            if tokenizer is not None:
+                _tokenizer_checks(stage, data, args, tokenizer, recipe["base_model"])
+        if data_audit and recipe["data_audit"]["enabled"]:
+            from finetune.data_audit import audit_recipe
+
+            audit_recipe(recipe, Path(tmp) / "audit", log=lambda *_: None)
+    tasks = [*(recipe["eval"] or {}).get("tasks", []), *(s["watch"]["task"] for s in recipe["stages"] if s["watch"])]
+    for task in dict.fromkeys(tasks):
+        check_task(task, hub=True)
+
+
+def _local_tokenizer(base_model: BaseModel):
+    """The base model's tokenizer when it is saved in a local folder (loading it checks its pad and EOS
+    tokens), else None: a hub tokenizer may be offline, a GGUF's is read when the stage imports it, and a
+    folder without tokenizer files is refused when the first stage loads it, before any step."""
+    from finetune import modeling
+    from finetune.recipe import TOKENIZER_FILES
+
+    folder = Path(base_model["tokenizer"] or base_model["path"]).expanduser()
+    if base_model["gguf_file"] or not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    return modeling.load_tokenizer(base_model)
+
+
+def _tokenizer_checks(stage: Stage, data: dict, args, tokenizer, base_model: BaseModel) -> None:
+    """The checks a stage makes with its tokenizer before it loads its model, made the same way (the same
+    functions): chat data needs a chat template; SFT chat rows must keep every turn under the template that
+    trains them; reward and DPO pairs, and KTO rows, pass their label audit."""
+    from finetune import audit, chat_templates
+    from finetune.stages import common, sft
+
+    common.require_chat_template(tokenizer, data, base_model, stage)
+    if stage["kind"] == "sft" and data["kind"] == "chat":
+        training = chat_templates.training_template_for(tokenizer, base_model)
+        sft.check_turns_kept(data["train"], training[0] if training else tokenizer.chat_template, tokenizer,
+                             stage["name"])
+    elif stage["kind"] in ("reward", "dpo") and not stage["sample_pairs"]:
+        audit.preference_audit(data["train"], tokenizer, data["kind"], args.max_length, stage["audit"])
+    elif stage["kind"] == "kto":
+        audit.unpaired_audit(data["train"], tokenizer, data["kind"], args.max_length, stage["audit"])
 
 
 def _init_for(stage: Stage, results: dict) -> dict:

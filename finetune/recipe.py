@@ -243,15 +243,45 @@ def validate(raw: dict, file: str) -> Recipe:
     if not recipe["stages"]:
         raise UserError(f"{file}: stages: a recipe needs at least one stage")
     _check_base_model(recipe["base_model"], file)
+    untemplated = _untemplated_folder(recipe["base_model"])
     for name, src in recipe["data"].items():
         _check_source(name, src, file)
     seen_names: set[str] = set()
     for i, stage in enumerate(recipe["stages"]):
-        _check_stage(stage, f"stages[{i}]", recipe, seen_names, file)
+        _check_stage(stage, f"stages[{i}]", recipe, seen_names, file, untemplated)
     _resolve_stage_links(recipe["stages"], file, recipe["base_model"]["path"])
+    _check_init_text(recipe["stages"], recipe["base_model"], file)
     if recipe["eval"]:
-        _check_eval_tasks(recipe["eval"]["tasks"], file)
+        _check_eval_tasks(recipe["eval"]["tasks"], file, untemplated)
     return recipe
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _local_folder(path: str | None) -> Path | None:
+    p = Path(path).expanduser() if path else None
+    return p if p is not None and p.is_dir() else None
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in TOKENIZER_FILES)
+
+
+def _untemplated_folder(bm: dict) -> str | None:
+    """The local tokenizer folder of a base model known offline to have no chat template (a folder with a
+    tokenizer, none set by base_model.chat_template), else None: unknown (a hub model, a GGUF, a folder
+    without tokenizer files, which fails when the first stage loads it) or there is one."""
+    folder = None if bm["chat_template"] or bm["gguf_file"] else _local_folder(bm["tokenizer"] or bm["path"])
+    if not folder or not _has_tokenizer(folder) or (folder / "chat_template.jinja").exists() \
+            or (folder / "chat_template.json").exists():
+        return None
+    config = folder / "tokenizer_config.json"
+    try:  # a template may also be a list of named ones: any value counts
+        value = json.loads(config.read_text(encoding="utf-8")).get("chat_template") if config.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None  # unreadable here: the stage that loads it says what is wrong
+    return None if value else str(folder)
 
 
 def _check_base_model(bm: dict, file: str) -> None:
@@ -260,6 +290,16 @@ def _check_base_model(bm: dict, file: str) -> None:
     _check_local_path(bm["path"], "base_model.path", file, "model")
     if bm["tokenizer"]:
         _check_local_path(bm["tokenizer"], "base_model.tokenizer", file, "tokenizer")
+    if bm["gguf_file"]:  # the file is read now, whether or not a separate tokenizer makes its template moot
+        from finetune.gguf_models import resolve_gguf
+
+        try:
+            resolve_gguf(bm["path"], bm["gguf_file"])
+        except UserError as e:
+            raise UserError(f"{file}: {e}") from None
+    if bm["training_chat_template"] and _untemplated_folder(bm):
+        raise UserError(f"{file}: base_model.training_chat_template: the model has no chat template of its own to "
+                        f"be served with; set base_model.chat_template too")
     for key in ("chat_template", "training_chat_template"):
         if not bm[key]:
             continue
@@ -280,7 +320,8 @@ def _check_source(name: str, src: dict, file: str) -> None:
                             f"{', '.join(schema.COLUMN_TARGETS)}{did_you_mean(str(col), schema.COLUMN_TARGETS)}")
 
 
-def _check_stage(stage: dict, key: str, recipe: dict, seen_names: set[str], file: str) -> None:
+def _check_stage(stage: dict, key: str, recipe: dict, seen_names: set[str], file: str,
+                 untemplated: str | None) -> None:
     """One stage: its name (defaulted to the kind, unique, not reserved), its data, its `train:` block and
     the blocks of its kind. Side effects: fills `name`, turns `data` into {source: weight or None}."""
     stage["name"] = stage["name"] or stage["kind"]
@@ -302,7 +343,7 @@ def _check_stage(stage: dict, key: str, recipe: dict, seen_names: set[str], file
     _check_rewards(stage, key, file)
     _check_peft(stage, key, file)
     _check_distill(stage, key, file)
-    _check_watch(stage, recipe["eval"], key, file)
+    _check_watch(stage, recipe["eval"], key, file, untemplated)
     _check_sample_pairs(stage, key, file)
 
 
@@ -324,10 +365,10 @@ def _stage_sources(data: list | dict, sources: dict, key: str, file: str) -> dic
     return {k: None if v is None else float(v) for k, v in named.items()}
 
 
-def _check_eval_tasks(tasks: list, file: str) -> None:
+def _check_eval_tasks(tasks: list, file: str, untemplated: str | None) -> None:
     """Every eval task resolves and its questions validate: a misspelt task fails here, not after every stage
-    has trained."""
-    from finetune.evaluation import check_task
+    has trained. A `chat_template: true` task needs a model with a chat template."""
+    from finetune.evaluation import check_task, missing_chat_template
 
     for j, task in enumerate(tasks):
         if not isinstance(task, str) or not task.strip():
@@ -335,12 +376,28 @@ def _check_eval_tasks(tasks: list, file: str) -> None:
         if task.endswith((".yaml", ".yml")) and not Path(task).is_file():
             raise UserError(f"{file}: eval.tasks[{j}]: task file '{task}' not found")
         try:
-            check_task(task)
+            spec = check_task(task)
+            if spec["chat_template"] and untemplated:
+                raise missing_chat_template(spec)
         except UserError as e:
             raise UserError(f"{file}: eval.tasks[{j}]: {e}") from None
 
 
-def _check_watch(stage: dict, eval_cfg: dict | None, key: str, file: str) -> None:
+def _check_init_text(stages: list[dict], bm: dict, file: str) -> None:
+    """Prompt tuning's `init_text` is embedded with the tokenizer saved beside the model a stage starts from
+    (peft reads it there, not from base_model.tokenizer): a base model folder without one, the tokenizer
+    being elsewhere, is refused."""
+    folder = None if bm["gguf_file"] or not bm["tokenizer"] else _local_folder(bm["path"])
+    if not folder or not (folder / "config.json").is_file() or _has_tokenizer(folder):
+        return
+    for i, stage in enumerate(stages):
+        peft = stage["peft"]
+        if peft and peft["init_text"] and not stage["from"] and not stage["student"]:
+            raise UserError(f"{file}: stages[{i}].peft.init_text: cannot read a tokenizer beside the model "
+                            f"'{bm['path']}' to embed the text; drop init_text or keep the tokenizer with the model")
+
+
+def _check_watch(stage: dict, eval_cfg: dict | None, key: str, file: str, untemplated: str | None) -> None:
     """`watch:` on policy stages only, a task that loads, sane alarm limits, and no checkpoint selection on a
     task the final evaluation also scores (that would pick the weights on the test questions)."""
     watch = stage["watch"]
@@ -349,10 +406,12 @@ def _check_watch(stage: dict, eval_cfg: dict | None, key: str, file: str) -> Non
     if stage["kind"] not in schema.POLICY_KINDS:
         raise UserError(f"{file}: {key}.watch: a {stage['kind']} stage does not answer questions; watch a policy "
                         f"stage ({', '.join(schema.POLICY_KINDS)})")
-    from finetune.evaluation import check_task
+    from finetune.evaluation import check_task, missing_chat_template
 
     try:
         task = check_task(watch["task"])
+        if task["chat_template"] and untemplated:
+            raise missing_chat_template(task)
     except UserError as e:
         raise UserError(f"{file}: {key}.watch.task: {e}") from None
     if watch["stop_on_alarm"] and stage["kind"] == "ppo":

@@ -70,12 +70,15 @@ def iter_qas(dataset: list) -> Iterator[dict]:
             yield from paragraph["qas"]
 
 
+def no_gold_message(qid: str) -> str:
+    """Why squad_v1 refuses a question without gold answers (the official script crashes on it)."""
+    return f"question {qid} has no gold answers; score unanswerable questions with squad_v2"
+
+
 def _v1_golds(qa: dict) -> list[str]:
     golds = [a["text"] for a in qa["answers"]]
     if not golds:
-        raise UserError(
-            f"question {qa['id']} has no gold answers; score unanswerable questions with squad_v2"
-        )
+        raise UserError(no_gold_message(qa["id"]))
     return golds
 
 
