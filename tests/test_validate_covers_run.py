@@ -54,6 +54,7 @@ cases that reach preflight are subprocesses that import torch: marked `slow` her
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import json
 import os
@@ -1068,10 +1069,16 @@ def validate_deep(recipe: Path) -> tuple[int, str, str]:
 
 
 def validate(level: str, recipe: Path, cwd: Path) -> tuple[int, str, str]:
+    """`finetune validate [--deep] RECIPE` through finetune.cli.main in this process (from `cwd`): the real
+    command without a fresh interpreter per case (the subprocess runs above keep the CLI's own path covered)."""
     if level == "deep":
         return validate_deep(recipe)
-    res = finetune("validate", recipe, cwd=cwd, timeout=60)
-    return res.returncode, res.stdout, res.stderr
+    from finetune.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.chdir(cwd), redirect_stdout(out), redirect_stderr(err):
+        rc = main(["validate", str(recipe)])
+    return rc, out.getvalue(), err.getvalue()
 
 
 def the_error_line(rc: int, out: str, err: str, fragment: str, strict: bool) -> str:
