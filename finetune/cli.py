@@ -15,7 +15,8 @@ def cmd_validate(args) -> int:
 
     `--deep` also runs the pipeline's preflight (reads every stage's data, builds its TRL config, runs the
     tokenizer checks and label audits of each stage on a local base model's tokenizer, reads hub eval data)
-    and the data audit's thresholds: everything `run` checks before it loads a model. Prints a
+    and the data audit's thresholds: what `run` checks before it loads a model, except the tokenizer checks
+    on a GGUF base (run imports the GGUF first). Prints a
     one-line summary, the chat template fidelity note, and a note when base_model.path is a hub id.
     """
     from finetune.recipe import load_recipe

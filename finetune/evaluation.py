@@ -161,22 +161,28 @@ def describe_answer_rule(rule: dict | None) -> str:
     return ", ".join(parts)
 
 
-def check_task(name_or_path: str, hub: bool = False) -> dict:
-    """Load a task and read its data (rows and few-shot rows), so that a bad task or row fails before any
-    model loads or trains: local files always, hub datasets only with `hub` (`finetune validate --deep`).
+def check_task(name_or_path: str, hub: bool = False, limit: int | None = None) -> dict:
+    """Load a task and read its data (rows, and few-shot rows when it takes shots), so that a bad task or row
+    fails before any model loads or trains: local files always, hub datasets only with `hub` (`finetune run`'s
+    preflight and `validate --deep`). `limit` is how many questions the caller scores (eval.limit,
+    watch.questions), on top of the task's own limit.
 
     Returns the task spec. Raises UserError for everything `load_task` and `read_rows` refuse, a data file
-    that does not exist, a task without questions, and, for squad_v1, a question without gold answers (which
-    scoring would refuse after every stage has trained).
+    that does not exist, a task without questions, and, for squad_v1, a scored question without gold answers
+    (which scoring would refuse after every stage has trained).
     """
     task = load_task(name_or_path)
     for key, split in (("data", task["split"]), ("few_shot_data", "train")):
-        if not task[key] or (_on_hub(task[key], task["format"]) and not hub):
+        if not task[key] or (key == "few_shot_data" and not task["few_shot"]) \
+                or (_on_hub(task[key], task["format"]) and not hub):
             continue
         rows = read_rows(task[key], task["format"], split, task["subset"])
-        if key == "data" and not rows:
+        if key != "data":
+            continue
+        rows = rows[: min([n for n in (limit, task["limit"]) if n], default=None)]  # what task_rows scores
+        if not rows:
             raise UserError(f"eval task {task['name']}: {task['data']} has no questions")
-        if key == "data" and task["metric"] == "squad_v1":
+        if task["metric"] == "squad_v1":
             for row in rows:
                 if not row["golds"]:
                     raise UserError(squad.no_gold_message(row["id"]))

@@ -97,32 +97,51 @@ def preflight(recipe: Recipe, data_audit: bool = False) -> None:
     read and normalised (bad rows, mixed kinds, an eval split that leaves nothing) and its TRL config is built
     from its `train:` block (settings TRL's config refuses, a `loss:` that does not fit the data, verifiable
     rewards without gold answers). With a base model in a local folder, its tokenizer is loaded (no model)
-    and each stage's tokenizer checks run as the stage runs them: a chat template for chat data, the turns
-    the template keeps, the pair and KTO label audits. Eval and watch tasks on the hub are read. With
-    `data_audit` (`finetune validate --deep`; `run` audits right after this), the data audit's thresholds too.
-    So a mistake in the last stage fails before the first one trains, not after. Loads no model. Raises
-    UserError naming the stage (or task)."""
+    and each stage that keeps it (not a distill student's, nor a stage from one) runs its tokenizer checks
+    as the stage runs them: the training template, a chat template for chat data, the turns the template
+    keeps, the pair and KTO label audits. Eval and watch tasks on the hub are read. With `data_audit`
+    (`finetune validate --deep`; `run` audits right after this), the data audit's thresholds too, its report
+    kept in a temporary folder when it refuses. So a mistake in the last stage fails before the first one
+    trains, not after. Loads no model. Raises UserError naming the stage (or task)."""
     import tempfile
 
     from finetune.data import stage_data
     from finetune.data_audit import purpose
-    from finetune.evaluation import check_task
+    from finetune.recipe import student_lineage
 
     shared = Shared.of(recipe)
     tokenizer = _local_tokenizer(recipe["base_model"])
+    students = student_lineage(recipe["stages"])
     with tempfile.TemporaryDirectory() as tmp:
         for stage in recipe["stages"]:
             data = stage_data(shared.sources, stage, shared.seed, purpose(stage))
             args = _stage_module(stage["kind"]).config(shared, stage, data, Path(tmp) / stage["name"], None)
-            if tokenizer is not None:
+            if tokenizer is not None and stage["name"] not in students:
                 _tokenizer_checks(stage, data, args, tokenizer, recipe["base_model"])
-        if data_audit and recipe["data_audit"]["enabled"]:
-            from finetune.data_audit import audit_recipe
+    if data_audit and recipe["data_audit"]["enabled"]:
+        from finetune.data_audit import audit_recipe
 
-            audit_recipe(recipe, Path(tmp) / "audit", log=lambda *_: None)
-    tasks = [*(recipe["eval"] or {}).get("tasks", []), *(s["watch"]["task"] for s in recipe["stages"] if s["watch"])]
-    for task in dict.fromkeys(tasks):
-        check_task(task, hub=True)
+        out = Path(tempfile.mkdtemp(prefix="finetune-audit-"))
+        audit_recipe(recipe, out, log=lambda *_: None)  # a refusal names out/audit.json: it stays
+        shutil.rmtree(out, ignore_errors=True)
+    _check_hub_tasks(recipe)
+
+
+def _check_hub_tasks(recipe: Recipe) -> None:
+    """Read every eval and watch task's questions, hub datasets included (the static check reads local files
+    only), as many as each will score. Raises UserError naming the task."""
+    from finetune.evaluation import check_task
+
+    limit = (recipe["eval"] or {}).get("limit")
+    tasks = [(t, limit, "eval.tasks") for t in (recipe["eval"] or {}).get("tasks", [])]
+    tasks += [(s["watch"]["task"], s["watch"]["questions"], f"stage {s['name']}: watch.task")
+              for s in recipe["stages"] if s["watch"]]
+    for task, n, where in tasks:
+        try:
+            check_task(task, hub=True, limit=n)
+        except UserError as e:
+            raise UserError(f"{where}: {e} (a run would fail there after training; drop the task to train "
+                            f"without it)") from None
 
 
 def _local_tokenizer(base_model: BaseModel):
@@ -145,9 +164,9 @@ def _tokenizer_checks(stage: Stage, data: dict, args, tokenizer, base_model: Bas
     from finetune import audit, chat_templates
     from finetune.stages import common, sft
 
+    training = chat_templates.training_template_for(tokenizer, base_model)  # as common.stage_tokenizer does
     common.require_chat_template(tokenizer, data, base_model, stage)
     if stage["kind"] == "sft" and data["kind"] == "chat":
-        training = chat_templates.training_template_for(tokenizer, base_model)
         sft.check_turns_kept(data["train"], training[0] if training else tokenizer.chat_template, tokenizer,
                              stage["name"])
     elif stage["kind"] in ("reward", "dpo") and not stage["sample_pairs"]:

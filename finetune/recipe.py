@@ -237,23 +237,59 @@ def _check_local_path(value: str, key: str, file: str, kind: str) -> None:
 def validate(raw: dict, file: str) -> Recipe:
     """Check a merged, overridden recipe dict and return it with every default filled in.
 
-    Static: reads the files the recipe names (chat templates, eval tasks) but no data rows and no model;
-    imports no torch. Raises UserError `file: key: problem` on the first mistake."""
+    Static: reads the files the recipe names (chat templates, eval and watch tasks with their questions, a
+    GGUF's first bytes) but no training data and no model; imports no torch. Raises UserError
+    `file: key: problem` on the first mistake."""
     recipe = _check(schema.RECIPE, raw, "", file)
     if not recipe["stages"]:
         raise UserError(f"{file}: stages: a recipe needs at least one stage")
     _check_base_model(recipe["base_model"], file)
-    untemplated = _untemplated_folder(recipe["base_model"])
     for name, src in recipe["data"].items():
         _check_source(name, src, file)
     seen_names: set[str] = set()
     for i, stage in enumerate(recipe["stages"]):
-        _check_stage(stage, f"stages[{i}]", recipe, seen_names, file, untemplated)
+        _check_stage(stage, f"stages[{i}]", recipe, seen_names, file)
     _resolve_stage_links(recipe["stages"], file, recipe["base_model"]["path"])
     _check_init_text(recipe["stages"], recipe["base_model"], file)
     if recipe["eval"]:
-        _check_eval_tasks(recipe["eval"]["tasks"], file, untemplated)
+        _check_eval_tasks(recipe["eval"]["tasks"], recipe["eval"]["limit"], file)
+    _check_untemplated(recipe, file)
     return recipe
+
+
+def student_lineage(stages: list[dict]) -> set[str]:
+    """Names of the stages whose tokenizer is a distill `student:`'s (that stage and every stage starting
+    from it, `from:` by `from:`) rather than the base model's. Needs `from` resolved."""
+    out: set[str] = set()
+    for stage in stages:  # in order: a stage's `from` is an earlier stage
+        if (stage["kind"] == "distill" and stage["student"]) or stage["from"] in out:
+            out.add(stage["name"])
+    return out
+
+
+def _check_untemplated(recipe: dict, file: str) -> None:
+    """On a base whose local tokenizer folder has no chat template (and none set), refuse what needs one
+    for a model that keeps that tokenizer (not a distill student's): a training template, a chat eval task
+    (the base, or any stage not from a student, is scored) and a chat watch task on such a stage."""
+    from finetune.evaluation import load_task, missing_chat_template
+
+    bm, stages = recipe["base_model"], recipe["stages"]
+    if not _untemplated_folder(bm):
+        return
+    students = student_lineage(stages)
+    on_base = [s for s in stages if s["name"] not in students]
+    if bm["training_chat_template"] and on_base:
+        raise UserError(f"{file}: base_model.training_chat_template: the model has no chat template of its own to "
+                        f"be served with; set base_model.chat_template too")
+    scored_on_base = recipe["eval"] and (recipe["eval"]["base"] or any(s["kind"] in schema.POLICY_KINDS
+                                                                        for s in on_base))
+    for j, task in enumerate(recipe["eval"]["tasks"] if scored_on_base else []):
+        if load_task(task)["chat_template"]:
+            raise UserError(f"{file}: eval.tasks[{j}]: {missing_chat_template(load_task(task))}")
+    for i, stage in enumerate(stages):
+        if stage["watch"] and stage["name"] not in students and load_task(stage["watch"]["task"])["chat_template"]:
+            raise UserError(f"{file}: stages[{i}].watch.task: "
+                            f"{missing_chat_template(load_task(stage['watch']['task']))}")
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -273,8 +309,8 @@ def _untemplated_folder(bm: dict) -> str | None:
     tokenizer, none set by base_model.chat_template), else None: unknown (a hub model, a GGUF, a folder
     without tokenizer files, which fails when the first stage loads it) or there is one."""
     folder = None if bm["chat_template"] or bm["gguf_file"] else _local_folder(bm["tokenizer"] or bm["path"])
-    if not folder or not _has_tokenizer(folder) or (folder / "chat_template.jinja").exists() \
-            or (folder / "chat_template.json").exists():
+    templates = ("chat_template.jinja", "chat_template.json", "additional_chat_templates")
+    if not folder or not _has_tokenizer(folder) or any((folder / name).exists() for name in templates):
         return None
     config = folder / "tokenizer_config.json"
     try:  # a template may also be a list of named ones: any value counts
@@ -297,9 +333,6 @@ def _check_base_model(bm: dict, file: str) -> None:
             resolve_gguf(bm["path"], bm["gguf_file"])
         except UserError as e:
             raise UserError(f"{file}: {e}") from None
-    if bm["training_chat_template"] and _untemplated_folder(bm):
-        raise UserError(f"{file}: base_model.training_chat_template: the model has no chat template of its own to "
-                        f"be served with; set base_model.chat_template too")
     for key in ("chat_template", "training_chat_template"):
         if not bm[key]:
             continue
@@ -320,8 +353,7 @@ def _check_source(name: str, src: dict, file: str) -> None:
                             f"{', '.join(schema.COLUMN_TARGETS)}{did_you_mean(str(col), schema.COLUMN_TARGETS)}")
 
 
-def _check_stage(stage: dict, key: str, recipe: dict, seen_names: set[str], file: str,
-                 untemplated: str | None) -> None:
+def _check_stage(stage: dict, key: str, recipe: dict, seen_names: set[str], file: str) -> None:
     """One stage: its name (defaulted to the kind, unique, not reserved), its data, its `train:` block and
     the blocks of its kind. Side effects: fills `name`, turns `data` into {source: weight or None}."""
     stage["name"] = stage["name"] or stage["kind"]
@@ -343,7 +375,7 @@ def _check_stage(stage: dict, key: str, recipe: dict, seen_names: set[str], file
     _check_rewards(stage, key, file)
     _check_peft(stage, key, file)
     _check_distill(stage, key, file)
-    _check_watch(stage, recipe["eval"], key, file, untemplated)
+    _check_watch(stage, recipe["eval"], key, file)
     _check_sample_pairs(stage, key, file)
 
 
@@ -365,10 +397,10 @@ def _stage_sources(data: list | dict, sources: dict, key: str, file: str) -> dic
     return {k: None if v is None else float(v) for k, v in named.items()}
 
 
-def _check_eval_tasks(tasks: list, file: str, untemplated: str | None) -> None:
-    """Every eval task resolves and its questions validate: a misspelt task fails here, not after every stage
-    has trained. A `chat_template: true` task needs a model with a chat template."""
-    from finetune.evaluation import check_task, missing_chat_template
+def _check_eval_tasks(tasks: list, limit: int | None, file: str) -> None:
+    """Every eval task resolves and the questions it scores (up to `limit`) validate: a misspelt task fails
+    here, not after every stage has trained."""
+    from finetune.evaluation import check_task
 
     for j, task in enumerate(tasks):
         if not isinstance(task, str) or not task.strip():
@@ -376,9 +408,7 @@ def _check_eval_tasks(tasks: list, file: str, untemplated: str | None) -> None:
         if task.endswith((".yaml", ".yml")) and not Path(task).is_file():
             raise UserError(f"{file}: eval.tasks[{j}]: task file '{task}' not found")
         try:
-            spec = check_task(task)
-            if spec["chat_template"] and untemplated:
-                raise missing_chat_template(spec)
+            check_task(task, limit=limit)
         except UserError as e:
             raise UserError(f"{file}: eval.tasks[{j}]: {e}") from None
 
@@ -397,7 +427,7 @@ def _check_init_text(stages: list[dict], bm: dict, file: str) -> None:
                             f"'{bm['path']}' to embed the text; drop init_text or keep the tokenizer with the model")
 
 
-def _check_watch(stage: dict, eval_cfg: dict | None, key: str, file: str, untemplated: str | None) -> None:
+def _check_watch(stage: dict, eval_cfg: dict | None, key: str, file: str) -> None:
     """`watch:` on policy stages only, a task that loads, sane alarm limits, and no checkpoint selection on a
     task the final evaluation also scores (that would pick the weights on the test questions)."""
     watch = stage["watch"]
@@ -406,12 +436,10 @@ def _check_watch(stage: dict, eval_cfg: dict | None, key: str, file: str, untemp
     if stage["kind"] not in schema.POLICY_KINDS:
         raise UserError(f"{file}: {key}.watch: a {stage['kind']} stage does not answer questions; watch a policy "
                         f"stage ({', '.join(schema.POLICY_KINDS)})")
-    from finetune.evaluation import check_task, missing_chat_template
+    from finetune.evaluation import check_task
 
     try:
-        task = check_task(watch["task"])
-        if task["chat_template"] and untemplated:
-            raise missing_chat_template(task)
+        task = check_task(watch["task"], limit=watch["questions"])
     except UserError as e:
         raise UserError(f"{file}: {key}.watch.task: {e}") from None
     if watch["stop_on_alarm"] and stage["kind"] == "ppo":

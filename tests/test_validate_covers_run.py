@@ -54,7 +54,6 @@ cases that reach preflight are subprocesses that import torch: marked `slow` her
 from __future__ import annotations
 
 import ast
-import contextlib
 import io
 import json
 import os
@@ -850,6 +849,8 @@ TABLE: dict[tuple[str, str, str], object] = {
         "--only needs the earlier stages' outputs in the run folder"),
     ("pipeline", "_run_stages", "this stage was run with other inputs"): not_a_recipe_mistake(
         "a finished (or checkpointed) stage in the run folder was made from other inputs"),
+    ("pipeline", "_check_hub_tasks", "a run would fail there after training"): caught(  # relays check_task's
+        "deep", C["eval_data_on_an_unreachable_hub"], says="could not be loaded from the hub"),
     ("pipeline", "run_data_audit", "verdict[1]"): caught(  # relays the audit's refusal to every rank
         "deep", C["data_audit_threshold"], says="of rows are duplicates"),
     ("pipeline", "_audit_in_child", "error"): caught(  # relays the refusal of the audit's child process
@@ -1076,8 +1077,13 @@ def validate(level: str, recipe: Path, cwd: Path) -> tuple[int, str, str]:
     from finetune.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.chdir(cwd), redirect_stdout(out), redirect_stderr(err):
-        rc = main(["validate", str(recipe)])
+    here = os.getcwd()  # contextlib.chdir is Python 3.11+; the project supports 3.10
+    try:
+        os.chdir(cwd)
+        with redirect_stdout(out), redirect_stderr(err):
+            rc = main(["validate", str(recipe)])
+    finally:
+        os.chdir(here)
     return rc, out.getvalue(), err.getvalue()
 
 
@@ -1336,3 +1342,58 @@ def test_run_words_the_init_text_refusal_itself(tiny_llama, tmp_path):
     the_error_line(res.returncode, res.stdout, res.stderr, "peft.init_text: cannot read a tokenizer beside the "
                    "model to embed the text", strict=False)
     assert (run_dir / "sft").is_dir() and not (run_dir / "sft" / "manifest.json").exists()
+
+
+# ------------------------------------------------------------------ validate refuses no valid recipe (review)
+# The table shows each refusal is caught; these show the new checks do not refuse what a run would accept.
+
+
+def chat_task(tmp: Path, name: str = "chat_task") -> Path:
+    spec = tmp / f"{name}.yaml"
+    spec.write_text(yaml.safe_dump({**open_qa(tmp), "chat_template": True}), encoding="utf-8")
+    return spec
+
+
+def test_a_distill_student_brings_its_own_tokenizer(tmp_path):
+    """On a base whose tokenizer has no chat template, a distill stage with its own `student:` (which has one)
+    may watch a chat task and train on chat data: both validates pass. The same watch on a stage that keeps
+    the base's tokenizer is refused."""
+    student = base_folder("chatml")
+    task = chat_task(tmp_path)
+    distill = {"name": "distill", "kind": "distill", "data": ["chat"], "teacher": str(student),
+               "student": str(student), "watch": {"task": str(task), "questions": 2}, "train": dict(TRAIN)}
+    ok = write_recipe(tmp_path, [distill], model=base_folder("no_template"))
+    assert validate("static", ok, tmp_path)[0] == 0
+    rc, out, err = validate_deep(ok)
+    assert rc == 0, err
+    bad = write_recipe(tmp_path, [sft(data=["pc"], watch={"task": str(task), "questions": 2})],
+                       data={"pc": {"path": str(PROMPT_COMPLETION)}}, model=base_folder("no_template"))
+    the_error_line(*validate("static", bad, tmp_path), "chat_template: true, but the model", strict=True)
+
+
+def test_only_the_questions_a_task_scores_are_checked(tmp_path):
+    """A squad_v1 question without gold answers beyond the task's `limit` (or eval.limit) is never scored;
+    an unused few-shot file (few_shot: 0) is never read."""
+    rows = [{"question": "Where is Paris?", "answer": "France"}, {"question": "Where is Rome?", "answer": []}]
+    spec = {**open_qa(tmp_path, rows), "limit": 1, "few_shot": 0, "few_shot_data": str(tmp_path / "none.jsonl")}
+    assert validate("static", task_recipe(tmp_path, spec), tmp_path)[0] == 0
+    del spec["limit"]
+    the_error_line(*validate("static", task_recipe(tmp_path, spec), tmp_path), "has no gold answers", strict=True)
+    recipe = yaml.safe_load(task_recipe(tmp_path, spec).read_text())
+    recipe["eval"]["limit"] = 1
+    (tmp_path / "limited.yaml").write_text(yaml.safe_dump(recipe))
+    assert validate("static", tmp_path / "limited.yaml", tmp_path)[0] == 0
+
+
+def test_a_deep_audit_refusal_names_a_report_that_exists(tmp_path, heavy_stack):
+    dup = jsonl(tmp_path, "dup.jsonl", [{"messages": [{"role": "user", "content": "Where is Paris?"},
+                                                      {"role": "assistant", "content": "In France."}]}] * 4)
+    dup2 = jsonl(tmp_path, "dup2.jsonl", [{"messages": [{"role": "user", "content": "Where is Rome?"},
+                                                        {"role": "assistant", "content": "In Italy."}]}] * 4)
+    recipe = write_recipe(tmp_path, [sft(data=["a", "b"])], data={"a": {"path": str(dup)}, "b": {"path": str(dup2)}},
+                          data_audit={"max_duplicate_share": 0.1})
+    rc, out, err = validate_deep(recipe)
+    line = the_error_line(rc, out, err, "of rows are duplicates", strict=False)
+    report = line.split(" more in ")[-1].rstrip(")")
+    assert Path(report).is_file(), line
+    shutil.rmtree(Path(report).parent, ignore_errors=True)

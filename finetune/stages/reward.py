@@ -55,7 +55,7 @@ def pairwise_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
 def _match_head_dtype(model) -> None:
     """Give the trained score head the dtype of the hidden states it receives.
 
-    TRL 1.12 casts every trainable parameter of a quantised model to bf16 (the QLoRA shared), the new score
+    TRL 1.12 casts every trainable parameter of a quantised model to bf16 (the QLoRA recipe), the new score
     head included; but k-bit preparation keeps norms in fp32, so the head then gets fp32 inputs and the
     matmul fails. LoRA layers cast their inputs themselves; the plain head does not.
     """
