@@ -527,6 +527,12 @@ def _run_stage(recipe: Recipe, stage: Stage, init: dict, stage_dir: Path, fp: st
         mf.write_json_atomic(stage_dir / "inputs.json", {"inputs_fingerprint": fp, "inputs": inputs})
     _state().wait_for_everyone()
     log(f"{stage['name']}: {stage['kind']} stage -> {stage_dir}")
+    from transformers import set_seed
+
+    # Models are built before their trainer seeds itself: a reward model's new score head and a LoRA adapter's
+    # initial weights come from the global RNG, which earlier stages in this process have moved. Seeded here,
+    # a stage gives the same result in a full run, with --only, or rerun alone in a fresh process.
+    set_seed(recipe["seed"])
     started = time.time()
     with mf.PeakMemory() as memory:
         out = runner(Shared.of(recipe), stage, init, stage_dir, log=lambda m: log(f"{stage['name']}: {m}"))

@@ -228,9 +228,11 @@ def test_a_length_biased_reward_model_trips_the_alarms_and_a_clean_one_does_not(
     is always the longer one (a whole sentence where the gold answer is a span) and GRPO against it. The
     answers grow, held-out F1 falls while the reward rises, and the alarms say so. The same run with the pairs
     the other way round (the gold span chosen) raises none. Measured (2026-11-30, 64 steps at 3e-4, sampled at
-    temperature 1.5): AVX-512 path, biased: both alarms at step 16 (F1 62.5 -> 42.5, 1.0 -> 1.7 words; F1 5 at
-    the end), clean: F1 62.5 -> 57.5, 1.0 words, no alarm; AVX2 path, biased: greedy answers stay short until
-    step 40, then length_drift at step 48 (1.0 -> 1.9 words), clean: F1 62.5 throughout, no alarm. At 1e-3 the
+    temperature 1.5, each stage seeded by the pipeline): AVX-512 path, biased: reward_up_f1_down at step 16 (F1
+    62.5 -> 0) and length_drift at 64 (1.0 -> 1.8 words), clean: F1 62.5 -> 55.0, 0.9 words, no alarm; AVX2
+    path, biased: length_drift at step 48 (1.0 -> 1.6 words, 1.8 at 64), clean: F1 62.5 throughout, no alarm.
+    Before stages were seeded, the reward model's new score head took whatever the global RNG held after the
+    earlier tests, and on the AVX2 path one such order never lengthened the greedy answers. At 1e-3 the
     "clean" reward model (which prefers the short answer) was hacked too: empty answers, F1 62.5 -> 37.5, and
     reward_up_f1_down fired, rightly."""
     monkeypatch.chdir(REPO)
