@@ -108,19 +108,48 @@ def trl_training_template(served: str) -> tuple[str, str] | None:
     return None
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json", "additional_chat_templates")
+
+
+def has_tokenizer(folder: str | Path) -> bool:
+    """Whether a local folder holds a saved tokenizer (what `from_pretrained` would read)."""
+    return any((Path(folder).expanduser() / name).is_file() for name in TOKENIZER_FILES)
+
+
+def _config_template(folder: Path) -> object:
+    """tokenizer_config.json's `chat_template` (a string, or a list of named templates), None when absent or
+    not a JSON mapping (the stage that loads the tokenizer says what is wrong). Raises UserError for a file
+    that is not UTF-8 text (userfiles.read_text)."""
+    config = folder / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(userfiles.read_text(config, "tokenizer config")).get("chat_template")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+
+
 def local_template(folder: str | Path) -> str | None:
     """The chat template saved in a local model folder (chat_template.jinja or tokenizer_config.json), if any."""
     folder = Path(folder).expanduser()
     if (folder / "chat_template.jinja").is_file():
         return userfiles.read_text(folder / "chat_template.jinja", "chat template")
-    config = folder / "tokenizer_config.json"
-    if config.is_file():
-        try:
-            value = json.loads(userfiles.read_text(config, "tokenizer config")).get("chat_template")
-        except (json.JSONDecodeError, AttributeError):
-            return None
-        return value if isinstance(value, str) else None
-    return None
+    value = _config_template(folder)
+    return value if isinstance(value, str) else None
+
+
+def untemplated_folder(base_model: dict) -> str | None:
+    """The local tokenizer folder of a base model known offline to have no chat template (it holds a
+    tokenizer and saves no template in any form, and base_model.chat_template is unset), else None: unknown
+    (a hub model, a GGUF, a folder without tokenizer files, which the first stage refuses when it loads it) or
+    there is one."""
+    if base_model["chat_template"] or base_model["gguf_file"]:
+        return None
+    folder = Path(base_model["tokenizer"] or base_model["path"]).expanduser()
+    if not folder.is_dir() or not has_tokenizer(folder) or any((folder / n).exists() for n in TEMPLATE_FILES):
+        return None
+    return None if _config_template(folder) else str(folder)
 
 
 def training_template(served: str | None, training_file: str | None) -> tuple[str, str] | None:

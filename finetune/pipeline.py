@@ -149,10 +149,9 @@ def _local_tokenizer(base_model: BaseModel):
     tokens), else None: a hub tokenizer may be offline, a GGUF's is read when the stage imports it, and a
     folder without tokenizer files is refused when the first stage loads it, before any step."""
     from finetune import modeling
-    from finetune.recipe import TOKENIZER_FILES
+    from finetune.chat_templates import has_tokenizer
 
-    folder = Path(base_model["tokenizer"] or base_model["path"]).expanduser()
-    if base_model["gguf_file"] or not any((folder / name).is_file() for name in TOKENIZER_FILES):
+    if base_model["gguf_file"] or not has_tokenizer(base_model["tokenizer"] or base_model["path"]):
         return None
     return modeling.load_tokenizer(base_model)
 

@@ -274,7 +274,7 @@ def _check_untemplated(recipe: dict, file: str) -> None:
     from finetune.evaluation import load_task, missing_chat_template
 
     bm, stages = recipe["base_model"], recipe["stages"]
-    if not _untemplated_folder(bm):
+    if not chat_templates.untemplated_folder(bm):
         return
     students = student_lineage(stages)
     on_base = [s for s in stages if s["name"] not in students]
@@ -283,41 +283,13 @@ def _check_untemplated(recipe: dict, file: str) -> None:
                         f"be served with; set base_model.chat_template too")
     scored_on_base = recipe["eval"] and (recipe["eval"]["base"] or any(s["kind"] in schema.POLICY_KINDS
                                                                         for s in on_base))
-    for j, task in enumerate(recipe["eval"]["tasks"] if scored_on_base else []):
-        if load_task(task)["chat_template"]:
-            raise UserError(f"{file}: eval.tasks[{j}]: {missing_chat_template(load_task(task))}")
-    for i, stage in enumerate(stages):
-        if stage["watch"] and stage["name"] not in students and load_task(stage["watch"]["task"])["chat_template"]:
-            raise UserError(f"{file}: stages[{i}].watch.task: "
-                            f"{missing_chat_template(load_task(stage['watch']['task']))}")
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
-def _local_folder(path: str | None) -> Path | None:
-    p = Path(path).expanduser() if path else None
-    return p if p is not None and p.is_dir() else None
-
-
-def _has_tokenizer(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in TOKENIZER_FILES)
-
-
-def _untemplated_folder(bm: dict) -> str | None:
-    """The local tokenizer folder of a base model known offline to have no chat template (a folder with a
-    tokenizer, none set by base_model.chat_template), else None: unknown (a hub model, a GGUF, a folder
-    without tokenizer files, which fails when the first stage loads it) or there is one."""
-    folder = None if bm["chat_template"] or bm["gguf_file"] else _local_folder(bm["tokenizer"] or bm["path"])
-    templates = ("chat_template.jinja", "chat_template.json", "additional_chat_templates")
-    if not folder or not _has_tokenizer(folder) or any((folder / name).exists() for name in templates):
-        return None
-    config = folder / "tokenizer_config.json"
-    try:  # a template may also be a list of named ones: any value counts
-        value = json.loads(config.read_text(encoding="utf-8")).get("chat_template") if config.is_file() else None
-    except (OSError, ValueError, AttributeError):
-        return None  # unreadable here: the stage that loads it says what is wrong
-    return None if value else str(folder)
+    chat_tasks = [(f"eval.tasks[{j}]", task) for j, task in enumerate(recipe["eval"]["tasks"] if scored_on_base
+                                                                          else [])]
+    chat_tasks += [(f"stages[{i}].watch.task", s["watch"]["task"]) for i, s in enumerate(stages)
+                   if s["watch"] and s["name"] not in students]
+    for key, name in chat_tasks:
+        if (task := load_task(name))["chat_template"]:
+            raise UserError(f"{file}: {key}: {missing_chat_template(task)}")
 
 
 def _check_base_model(bm: dict, file: str) -> None:
@@ -417,8 +389,9 @@ def _check_init_text(stages: list[dict], bm: dict, file: str) -> None:
     """Prompt tuning's `init_text` is embedded with the tokenizer saved beside the model a stage starts from
     (peft reads it there, not from base_model.tokenizer): a base model folder without one, the tokenizer
     being elsewhere, is refused."""
-    folder = None if bm["gguf_file"] or not bm["tokenizer"] else _local_folder(bm["path"])
-    if not folder or not (folder / "config.json").is_file() or _has_tokenizer(folder):
+    folder = Path(bm["path"]).expanduser()
+    if bm["gguf_file"] or not bm["tokenizer"] or not (folder / "config.json").is_file() \
+            or chat_templates.has_tokenizer(folder):
         return
     for i, stage in enumerate(stages):
         peft = stage["peft"]
