@@ -370,7 +370,8 @@ def safe_stops(prompts: list[str], stops: list[str]) -> list[str]:
 
 def generate(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
              max_new_tokens: int, batch_size: int, chat: bool, progress: bool = True, stop: list[str] | None = None,
-             stats: dict | None = None, group_by_length: bool = True) -> list[str]:
+             stats: dict | None = None, group_by_length: bool = True,
+             ids_out: list | None = None) -> list[str]:
     """Greedy generation in left-padded batches, in the order of `prompts`. A row stops at any of the model's
     end-of-sequence ids (`stop_token_ids`) or, while generating, at any `stop` string (transformers'
     stop_strings, those `safe_stops` allows); outputs are cut at the first end-of-sequence id, special tokens
@@ -381,6 +382,9 @@ def generate(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerB
     occupies its batch until the batch's last row stops;
     `stats`, when given, receives `generated_positions` (batch rows x steps generated), `useful_tokens` (up
     to and including each row's first end-of-sequence or pad token) and `wasted_share` (the rest, 0-1).
+    `ids_out`, when given, receives per prompt (in order) the generated token ids up to and including the first
+    end-of-sequence id (without the padding after a row that stopped at a stop string; all of them when the row
+    never ended).
     """
     import torch
     from tqdm.auto import tqdm
@@ -391,6 +395,7 @@ def generate(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerB
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=not chat)["input_ids"]] if prompts else []
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i] if group_by_length else i)
     outputs: list[str | None] = [None] * len(prompts)
+    token_ids: list[list[int] | None] = [None] * len(prompts)
     positions = useful = 0
     steps = range(0, len(prompts), batch_size)
     for start in tqdm(steps, desc="generating", unit="batch", disable=not progress or len(steps) < 2):
@@ -407,11 +412,15 @@ def generate(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerB
         for i, row in zip(index, new, strict=True):
             ends = [row.index(t) for t in eos_ids if t in row]
             outputs[i] = tokenizer.decode(row[: min(ends)] if ends else row, skip_special_tokens=True)
+            cut = next((k for k, t in enumerate(row) if t in ends_at), None)  # an end, or the pad after a stop
+            token_ids[i] = row if cut is None else row[: cut + 1] if row[cut] in eos_ids else row[:cut]
             useful += next((k + 1 for k, t in enumerate(row) if t in ends_at), len(row))
             positions += len(row)
     if stats is not None:
         stats.update(generated_positions=positions, useful_tokens=useful,
                      wasted_share=round(1 - useful / positions, 4) if positions else 0.0)
+    if ids_out is not None:
+        ids_out[:] = token_ids
     return outputs
 
 
@@ -482,15 +491,19 @@ def _extract(task: dict, rows: list[dict], generations: list[str]) -> tuple[dict
 def answer_questions(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase, task: dict,
                      rows: list[dict], batch_size: int = 16) -> list[dict]:
     """Answer `rows` of `task` greedily, quietly, and score each: [{id, answer, extracted, em, f1}] in row
-    order (em/f1 in 0-1, `answer` "" where nothing was extractable). For scoring a model while it trains
-    (finetune.watch); side effect: tokenizer.padding_side = "left"."""
+    order (em/f1 in 0-1, `answer` "" where nothing was extractable), with the rendered `prompt` and the
+    `generated_ids` each answer came from (up to and including the end-of-sequence id, `generate`'s
+    `ids_out`). For scoring a model while it trains (finetune.watch); side effect: tokenizer.padding_side =
+    "left"."""
     prompts = build_prompts(task, rows, tokenizer)
+    generated_ids: list = []
     generations = generate(model, tokenizer, prompts, task["max_new_tokens"], batch_size, task["chat_template"],
-                           progress=False, stop=task["stop"])
+                           progress=False, stop=task["stop"], ids_out=generated_ids)
     extracted, predictions, dataset = _extract(task, rows, generations)
     per_q = {q["id"]: q for q in squad.per_question_scores(task["metric"], dataset, predictions)}
     return [{"id": r["id"], "answer": predictions[r["id"]], "extracted": extracted[r["id"]] is not None,
-             "em": per_q[r["id"]]["em"], "f1": per_q[r["id"]]["f1"]} for r in rows]
+             "em": per_q[r["id"]]["em"], "f1": per_q[r["id"]]["f1"], "prompt": prompt, "generated_ids": ids}
+            for r, prompt, ids in zip(rows, prompts, generated_ids, strict=True)]
 
 
 def _cell(r: dict, key: str) -> str:

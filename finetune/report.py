@@ -160,13 +160,15 @@ def _notes(m: dict) -> list[str]:
     watched = (m.get("watch") or {}).get("points") or []
     if watched:
         notes.append(f"watched F1 {watched[0]['watch/f1']:.1f} → {watched[-1]['watch/f1']:.1f}"
+                     + (f", KL to the start {watched[-1]['watch/kl']:.3g}" if "watch/kl" in watched[-1] else "")
                      + (f", {len(m['watch']['alarms'])} alarm(s)" if m["watch"]["alarms"] else ""))
     return notes
 
 
 def _watch_section(figs: Path, name: str, watch: dict | None) -> list[str]:
-    """The task metric during a stage (finetune.watch): held-out F1/EM and reward, KL, answer length against
-    the step, and its alarms. [] for a stage without `watch:`."""
+    """The task metric during a stage (finetune.watch): held-out F1/EM and reward, the trainer's KL, the KL to
+    the starting policy on the watched answers, answer length against the step, and its alarms. [] for a stage
+    without `watch:`."""
     if not watch or not watch.get("points"):
         return []
     points = watch["points"]
@@ -175,7 +177,9 @@ def _watch_section(figs: Path, name: str, watch: dict | None) -> list[str]:
               ("held-out EM", steps, [p["watch/exact"] for p in points])]
     others = [(label, [p["step"] for p in points if p.get(key) is not None],
                [p[key] for p in points if p.get(key) is not None])
-              for key, label in (("reward", "reward"), ("kl", "KL"), ("watch/mean_words", "answer words"))]
+              for key, label in (("reward", "reward"), ("kl", "KL (trainer's)"),
+                                 ("watch/kl", "KL to the start (watched answers)"),
+                                 ("watch/mean_words", "answer words"))]
     lines = [f"## {name}: the task metric during training ({watch['task']}, {watch['questions']} questions, "
              f"every {watch['every']} steps)", ""]
     if _plot_lines(figs / f"{name}-watch.png", f"{name}: held-out {watch['task']}", scores, "score (%)"):

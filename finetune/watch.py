@@ -3,7 +3,17 @@
 A stage's `watch:` names an eval task; every `every` optimizer steps (and before the first and after the last)
 the policy answers the task's first `questions` questions greedily and is scored with the evaluation's own
 code. The scores go into the stage's metrics (`watch/f1`, `watch/exact`, `watch/mean_words`,
-`watch/unextracted`, beside the trainer's reward and KL), the manifest and the report.
+`watch/unextracted`, `watch/kl`, beside the trainer's reward and KL), the manifest and the report.
+
+`watch/kl` is how far the policy has moved from its reference (the model the stage started from), measured
+the same way for every kind of stage, DPO included, whose trainer logs no KL: the mean over the watched
+questions of the KL divergence KL(policy || reference) of the next-token distributions, summed over the
+positions that predict the tokens of the policy's greedy answer as generated (its end-of-sequence token included
+when it ended there), in nats. By the chain rule this is the sequence-level KL evaluated along the policy's own
+greedy answer (one path, not the expectation over sampled answers that TRL's PPO logs as `objective/kl`,
+Ziegler et al. 2019, arXiv:1909.08593). The reference is the trainer's reference model where it keeps one (with
+TRL's `sync_ref_model` that model moves too), the policy with its adapter disabled for PEFT, else a copy of the
+starting policy held for the stage (one more copy of the model in memory). Prompt-learning adapters get none.
 
 Alarms compare each watch point with the first one (the starting policy; for the reward, the first that has
 logged one):
@@ -51,6 +61,7 @@ class Point:
     mean_words: float
     unextracted: float
     per_question_f1: list[float] = field(repr=False)
+    kl_to_reference: float | None = None
 
     def metrics(self) -> dict:
         """The point as a trainer log entry: `step` and the `watch/*` scores, rounded."""
@@ -60,6 +71,7 @@ class Point:
             "watch/exact": round(self.exact, 3),
             "watch/mean_words": round(self.mean_words, 3),
             "watch/unextracted": round(self.unextracted, 4),
+            **({} if self.kl_to_reference is None else {"watch/kl": round(self.kl_to_reference, 6)}),
         }
 
 
@@ -81,6 +93,51 @@ def score_point(step: int, answers: list[dict], log_history: list[dict]) -> Poin
         unextracted=sum(not a["extracted"] for a in answers) / n,
         per_question_f1=[float(a["f1"]) for a in answers],
     )
+
+
+def answer_kl(policy: torch.nn.Module, reference: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+              answers: list[dict], chat: bool, batch_size: int = 16, reference_context=None) -> list[float]:
+    """Per answer, sum over t of KL(policy(. | prompt, y<t) || reference(. | prompt, y<t)) in nats, for t over
+    the tokens y the policy generated (`generated_ids`, through its end-of-sequence id when it ended there):
+    the chain rule of KL, along the policy's own answer. `answers`: `evaluation.answer_questions` output (its
+    `prompt` and `generated_ids`); `chat`: the prompts are rendered chat text (no special tokens added).
+
+    Both models see the same left-padded ids (position ids from the attention mask, as in generation), in
+    batches of `batch_size`, and compute logits only for the answer positions (`logits_to_keep`).
+    `reference_context`: a callable returning the context the reference runs in (a PEFT policy with its
+    adapter disabled), or None. Returns one float per answer, in order; 0.0 for an empty answer."""
+    import contextlib
+
+    import torch
+
+    out = []
+    for start in range(0, len(answers), batch_size):
+        batch = answers[start:start + batch_size]
+        prompts = [tokenizer(a["prompt"], add_special_tokens=not chat)["input_ids"] for a in batch]
+        replies = [list(a["generated_ids"]) for a in batch]
+        width = max(len(p) + len(r) for p, r in zip(prompts, replies, strict=True))
+        keep = max(len(r) for r in replies) + 1  # the positions that predict the longest answer, and one more
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, (p, r) in enumerate(zip(prompts, replies, strict=True)):
+            ids[i, width - len(p) - len(r):] = torch.tensor(p + r)
+            mask[i, width - len(p) - len(r):] = 1
+        inputs = {"input_ids": ids.to(policy.device), "attention_mask": mask.to(policy.device),
+                  "position_ids": (mask.cumsum(-1) - 1).clamp(min=0).to(policy.device), "logits_to_keep": keep}
+        with torch.no_grad():
+            logp = policy(**inputs).logits
+            with reference_context() if reference_context else contextlib.nullcontext():
+                logq = reference(**inputs).logits
+        for i, r in enumerate(replies):
+            if not r:
+                out.append(0.0)
+                continue
+            # kept position j predicts the token at width - keep + j + 1: the answer's are keep-1-len(r) .. keep-2
+            p_i = logp[i, keep - 1 - len(r):keep - 1].float().log_softmax(-1)
+            q_i = logq[i, keep - 1 - len(r):keep - 1].float().log_softmax(-1)
+            out.append(float((p_i.exp() * (p_i - q_i)).sum()))
+    return out
 
 
 def alarms(points: list[Point], length_drift: float, unextractable: float) -> list[dict]:
@@ -161,6 +218,7 @@ class TaskMetricCallback(TrainerCallback):
         self.points: list[Point] = []
         self.alarms: list[dict] = []
         self.best: tuple[float, int, dict] | None = None  # (score, step, trainable tensors)
+        self.start_copy: torch.nn.Module | None = None  # the starting policy, when nothing else holds it
 
     def bind(self, trainer: Trainer) -> TaskMetricCallback:
         """Attach to `trainer`. Raises UserError under FSDP or DeepSpeed ZeRO-3, where the unwrapped policy
@@ -178,6 +236,35 @@ class TaskMetricCallback(TrainerCallback):
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
         return getattr(model, "policy", model)  # TRL's PPO trains a policy-and-value wrapper
 
+    def _reference(self, model: torch.nn.Module):
+        """(reference model, callable giving the context to run it in, or None): the trainer's own reference
+        model where it keeps one (PPO, DPO, GRPO with beta > 0), else the policy with its adapter switched off
+        (PEFT), else the copy of the starting policy taken at the first watch point."""
+        ref = getattr(self.trainer, "ref_model", None)
+        if ref is not None:
+            return self.trainer.accelerator.unwrap_model(ref), None
+        if hasattr(model, "disable_adapter"):
+            return model, model.disable_adapter
+        return self.start_copy, None
+
+    def _kl(self, model: torch.nn.Module, answers: list[dict]) -> float | None:
+        """Mean `answer_kl` of the watched answers to the reference (nats). With no reference model and no
+        adapter, the first call keeps a copy of the policy (the reference from then on) and returns 0. None for
+        a prompt-learning adapter (its virtual tokens make the policy's sequence longer than the reference's)."""
+        config = getattr(model, "active_peft_config", None)
+        if config is not None and config.is_prompt_learning:
+            return None
+        if getattr(self.trainer, "ref_model", None) is None and not hasattr(model, "disable_adapter"):
+            if self.start_copy is None:
+                import copy
+
+                self.start_copy = copy.deepcopy(model).eval().requires_grad_(False)
+                return 0.0
+        reference, context = self._reference(model)
+        kls = answer_kl(model, reference, self.tokenizer, answers, self.task["chat_template"], self.batch_size,
+                        reference_context=context)
+        return sum(kls) / len(kls)
+
     def _score(self, state, control) -> None:
         import torch
 
@@ -192,10 +279,12 @@ class TaskMetricCallback(TrainerCallback):
         try:
             with torch.no_grad():
                 answers = answer_questions(model, tokenizer, self.task, self.rows, self.batch_size)
+                kl = self._kl(model, answers)
         finally:
             tokenizer.padding_side = side
             model.train(was_training)
         point = score_point(state.global_step, answers, state.log_history)
+        point.kl_to_reference = kl
         self.points.append(point)
         if not any(
             "watch/f1" in e and e.get("step") == point.step for e in state.log_history
@@ -207,6 +296,7 @@ class TaskMetricCallback(TrainerCallback):
             f"F1 {point.f1:.1f} EM {point.exact:.1f}, {point.mean_words:.1f} words"
             + (f", reward {point.reward:.3g}" if point.reward is not None else "")
             + (f", KL {point.kl:.3g}" if point.kl is not None else "")
+            + (f", KL to the start {kl:.3g}" if kl is not None else "")
         )
         self._keep_if_best(point, model)
         raised = {a["alarm"] for a in self.alarms}
@@ -245,7 +335,8 @@ class TaskMetricCallback(TrainerCallback):
 
             log(
                 f"warning: {self.stage_name}: watch: resumed at step {state.global_step}; the alarms and "
-                f"select_best compare from here, not from the policy the stage started with"
+                f"select_best compare from here, not from the policy the stage started with (and so does "
+                f"watch/kl where the trainer keeps no reference model and the policy has no adapter)"
             )
         self._score(state, control)
 
@@ -270,8 +361,10 @@ class TaskMetricCallback(TrainerCallback):
             self._score(state, control)
 
     def on_train_end(self, args, state, control, **kwargs):
-        """Score the final policy (nothing new when the last step was already scored)."""
+        """Score the final policy (nothing new when the last step was already scored); free the copy of the
+        starting policy."""
         self._score(state, control)
+        self.start_copy = None
 
     def record(self) -> dict:
         """What the manifest keeps: the task, every point (with reward and KL), the alarms, the kept step."""

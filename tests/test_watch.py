@@ -189,6 +189,8 @@ def test_dpo_watched_during_training_records_points_and_keeps_the_best(
     assert [p["step"] for p in record["points"]] == [0, 2, 4, 5]
     assert record["task"] == "capitals_open_chat" and record["questions"] == 8
     assert all(0 <= p["watch/f1"] <= 100 and p["reward"] is not None for p in record["points"][1:])
+    kls = [p["watch/kl"] for p in record["points"]]
+    assert abs(kls[0]) < 1e-4 and kls[-1] > 0, kls  # DPO's reference is the starting policy; then it moves
     best = max(record["points"], key=lambda p: p["watch/f1"])
     assert record["selected_step"] == best["step"]
     history = [json.loads(x) for x in (tmp_path / "run" / "dpo" / "metrics.jsonl").read_text().splitlines()]
@@ -286,3 +288,57 @@ def test_ppo_watched_every_step_pairs_each_point_with_that_steps_reward(tiny_lla
     for p in points[1:]:
         logged = next(h for h in history if h.get("step") == p["step"] and "objective/scores" in h)
         assert p["reward"] == logged["objective/scores"] and p["kl"] == logged["objective/kl"]
+    assert abs(points[0]["watch/kl"]) < 1e-4 and points[-1]["watch/kl"] > 0, points
+
+
+def test_answer_kl_is_the_chain_rule_kl_along_the_answer(tiny_llama):
+    """answer_kl sums KL(policy || reference) of the next-token distributions over the positions that predict
+    the generated tokens (the end-of-sequence id included): 0 against itself, equal to torch.distributions' KL
+    at each of those positions summed, and the same whether an answer is scored alone or in a left-padded
+    batch beside a longer one."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune.watch import answer_kl
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    reference = copy.deepcopy(policy)
+    with torch.no_grad():
+        reference.lm_head.weight.mul_(1.5)
+    end = tokenizer.eos_token_id
+    answers = [{"prompt": prompt, "generated_ids": tokenizer(reply, add_special_tokens=False)["input_ids"] + [end]}
+               for prompt, reply in (("The capital of France is", " Paris, of course"), ("Name a colour:", " red"))]
+    assert answer_kl(policy, copy.deepcopy(policy), tokenizer, answers, False) == pytest.approx([0, 0], abs=1e-6)
+    alone = answer_kl(policy, reference, tokenizer, answers, False, batch_size=1)
+    assert answer_kl(policy, reference, tokenizer, answers, False, batch_size=2) == pytest.approx(alone, rel=1e-4)
+    for a, kl in zip(answers, alone, strict=True):
+        prompt = tokenizer(a["prompt"])["input_ids"]
+        ids = torch.tensor([prompt + a["generated_ids"]])
+        with torch.no_grad():
+            p, q = policy(ids).logits[0], reference(ids).logits[0]
+        steps = range(len(prompt) - 1, ids.shape[1] - 1)  # the positions that predict the answer and its end
+        want = sum(float(torch.distributions.kl_divergence(torch.distributions.Categorical(logits=p[t]),
+                                                           torch.distributions.Categorical(logits=q[t])))
+                   for t in steps)
+        assert kl == pytest.approx(want, rel=1e-4) and kl > 0
+
+
+def test_a_lora_policys_kl_is_to_itself_with_the_adapter_off(tiny_llama, tmp_path, monkeypatch):
+    """A LoRA DPO stage keeps no reference model: its reference is the policy with the adapter switched off,
+    and only the reference's forward runs that way (the KL starts at 0 and grows as the adapter trains)."""
+    from finetune.pipeline import run_recipe
+
+    monkeypatch.chdir(REPO)
+    watch = (
+        "peft: {method: lora, r: 8, alpha: 16, dropout: 0.0}, "
+        "watch: {task: capitals_open_chat, questions: 8, every: 4}, max_rows: 48, "
+        "train: {max_steps: 8, learning_rate: 1.0e-3, per_device_train_batch_size: 8, logging_steps: 1, "
+        "save_strategy: 'no', gradient_checkpointing: false}"
+    )
+    results = run_recipe(load_recipe(write(tmp_path, tiny_llama, watch, eval_block="")),
+                         output_dir=str(tmp_path / "run"))
+    kls = [p["watch/kl"] for p in results["dpo"]["watch"]["points"]]
+    assert len(kls) == 3 and abs(kls[0]) < 1e-6 and kls[-1] > 1e-4, kls
