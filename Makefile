@@ -31,7 +31,7 @@ help:
 	@echo "make install   venv + pinned dependencies (torch first, then the package, editable)"
 	@echo "make test      the offline test suite"
 	@echo "make demo      build tiny models, run the tiny recipe end to end, print EM/F1"
-	@echo "make demo-spread  the demo over 5 seeds x 2 CPU kernel paths: min/median/max per target (~17 min)"
+	@echo "make demo-spread  the demo over 5 seeds x 2 CPU kernel paths: min/median/max per target (~35 min)"
 	@echo "make lint      ruff"
 	@echo "make bench     benchmarks B1-B5 on CPU (about 25 min on a 2-core machine; --quick: 5 min)"
 	@echo "make bench-real  B7 evaluation throughput and B8 MFU on the real model (after make smollm2-135m-squad)"
@@ -78,7 +78,12 @@ models/tiny-llama-student/tiny.json: models/tiny-llama/tiny.json
 	$(BIN)/finetune tiny --arch llama --hidden 64 --layers 2 --tokenizer models/tiny-llama \
 		--out models/tiny-llama-student --overwrite
 
-models/tiny-%/tiny.json: $(STAMP)
+# Rebuilt when a file of the corpus their tokenizer is trained on changes (recipes/data: the suffixes that
+# finetune/tiny.py's corpus_files reads).
+TINY_CORPUS := $(shell find recipes/data -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.csv' \
+	-o -name '*.md' -o -name '*.txt' \) 2>/dev/null)
+
+models/tiny-%/tiny.json: $(STAMP) $(TINY_CORPUS)
 	$(BIN)/finetune tiny --arch $* --out models/tiny-$* --overwrite
 
 # The whole suite on this CPU's kernels, then the numerically sensitive tests again on the kernel path below
