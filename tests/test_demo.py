@@ -25,9 +25,10 @@ def test_demo_meets_its_targets_and_writes_its_report(tmp_path, monkeypatch, cap
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     em = {stage: r["qa_heldout"]["exact"] for stage, r in results.items()}
     assert em["base"] < 5 and em["sft"] >= 50 and em["distill-start"] < 5 and em["distill"] >= 25, em
-    for stage in ("ppo", "dpo"):  # one flipped answer of 120 is noise; a drop must pass a paired test to count
-        drop = demo.paired_drop(demo.per_question(run_dir, "sft"), demo.per_question(run_dir, stage))
-        assert drop["p"] >= demo.ALPHA, (stage, drop, em)
+    for stage in ("ppo", "dpo"):  # they move the policy, and held-out EM holds
+        assert em[stage] >= em["sft"] - demo.EM_SLACK, (stage, em)
+        kl = demo.final_kl(run_dir, stage)
+        assert kl is not None and kl > demo.MOVED_KL, (stage, kl)
     accuracy = json.loads((run_dir / "reward" / "manifest.json").read_text())["reward_accuracy"]["accuracy"]
     assert accuracy >= 0.9
     check_report(run_dir, ["sft", "reward", "ppo", "dpo", "distill"])
