@@ -136,7 +136,7 @@ def answer_kl(policy: torch.nn.Module, reference: torch.nn.Module, tokenizer: Pr
             # kept position j predicts the token at width - keep + j + 1: the answer's are keep-1-len(r) .. keep-2
             p_i = logp[i, keep - 1 - len(r):keep - 1].float().log_softmax(-1)
             q_i = logq[i, keep - 1 - len(r):keep - 1].float().log_softmax(-1)
-            out.append(float((p_i.exp() * (p_i - q_i)).sum()))
+            out.append(float(torch.nn.functional.kl_div(q_i, p_i, reduction="sum", log_target=True)))
     return out
 
 
@@ -254,13 +254,12 @@ class TaskMetricCallback(TrainerCallback):
         config = getattr(model, "active_peft_config", None)
         if config is not None and config.is_prompt_learning:
             return None
-        if getattr(self.trainer, "ref_model", None) is None and not hasattr(model, "disable_adapter"):
-            if self.start_copy is None:
-                import copy
-
-                self.start_copy = copy.deepcopy(model).eval().requires_grad_(False)
-                return 0.0
         reference, context = self._reference(model)
+        if reference is None:  # the first point: this policy is the start
+            import copy
+
+            self.start_copy = copy.deepcopy(model).eval().requires_grad_(False)
+            return 0.0
         kls = answer_kl(model, reference, self.tokenizer, answers, self.task["chat_template"], self.batch_size,
                         reference_context=context)
         return sum(kls) / len(kls)
