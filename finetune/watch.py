@@ -71,7 +71,7 @@ class Point:
             "watch/exact": round(self.exact, 3),
             "watch/mean_words": round(self.mean_words, 3),
             "watch/unextracted": round(self.unextracted, 4),
-            **({} if self.kl_to_reference is None else {"watch/kl": round(self.kl_to_reference, 6)}),
+            **({} if self.kl_to_reference is None else {"watch/kl": float(f"{self.kl_to_reference:.4g}")}),
         }
 
 
