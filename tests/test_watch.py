@@ -170,6 +170,7 @@ def test_select_best_on_a_task_outside_the_evaluation_is_accepted(tiny_llama, tm
     }
 
 
+@pytest.mark.numerics  # watch/kl after a few steps is small: checked on both kernel paths
 def test_dpo_watched_during_training_records_points_and_keeps_the_best(
     tiny_llama, tmp_path, monkeypatch, capsys
 ):
@@ -270,6 +271,7 @@ def test_sample_pairs_only_on_dpo(tiny_llama, tmp_path, monkeypatch):
         load_recipe(path)
 
 
+@pytest.mark.numerics  # watch/kl after a few steps is small: checked on both kernel paths
 def test_ppo_watched_every_step_pairs_each_point_with_that_steps_reward(tiny_llama, tmp_path, monkeypatch):
     """TRL's PPOTrainer logs a step before its callbacks' on_step_end: each point carries that step's reward
     (objective/scores) and KL (objective/kl)."""
@@ -326,6 +328,7 @@ def test_answer_kl_is_the_chain_rule_kl_along_the_answer(tiny_llama):
         assert kl == pytest.approx(want, rel=1e-4) and kl > 0
 
 
+@pytest.mark.numerics  # watch/kl after a few steps is small: checked on both kernel paths
 def test_a_lora_policys_kl_is_to_itself_with_the_adapter_off(tiny_llama, tmp_path, monkeypatch):
     """A LoRA DPO stage keeps no reference model: its reference is the policy with the adapter switched off,
     and only the reference's forward runs that way (the KL starts at 0 and grows as the adapter trains)."""
