@@ -18,7 +18,7 @@ def test_demo_meets_its_targets_and_writes_its_report(tmp_path, monkeypatch, cap
     model = build_tiny(tmp_path / "tiny-llama", "llama")  # exactly what `make tiny` builds
     student = build_tiny(tmp_path / "tiny-llama-student", "llama", hidden=64, layers=2, tokenizer=str(model))
     run_dir = tmp_path / "run"
-    assert demo.main([f"base_model.path={model}", f"stages.4.student={student}", f"output_dir={run_dir}"]) == 0
+    assert demo.main([f"base_model.path={model}", f"stages.distill.student={student}", f"output_dir={run_dir}"]) == 0
     out = capsys.readouterr().out
     assert "| base |" in out and "| sft |" in out and "demo wall time" in out
     assert "MISSED" not in out, out  # the learning targets; the wall-time line is never asserted
@@ -29,9 +29,10 @@ def test_demo_meets_its_targets_and_writes_its_report(tmp_path, monkeypatch, cap
         assert em[stage] >= em["sft"] - demo.EM_SLACK, (stage, em)
         kl = demo.final_kl(run_dir, stage)
         assert kl is not None and kl > demo.MOVED_KL, (stage, kl)
+    assert em["grpo"] >= em["sft"] + demo.GRPO_GAIN, em  # the F1 reward teaches the span SFT left as a sentence
     accuracy = json.loads((run_dir / "reward" / "manifest.json").read_text())["reward_accuracy"]["accuracy"]
     assert accuracy >= 0.9
-    check_report(run_dir, ["sft", "reward", "ppo", "dpo", "distill"])
+    check_report(run_dir, ["sft", "reward", "ppo", "dpo", "grpo", "distill"])
 
 
 def test_paired_drop_is_mcnemars_exact_test():

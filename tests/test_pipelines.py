@@ -92,8 +92,8 @@ def check_report(run_dir, stages):
     report = (run_dir / "report.md").read_text()
     for stage in stages:
         assert f"[manifest]({stage}/manifest.json)" in report
-    pngs = ["loss.png", "eval.png"] + [f"{s}.png" for s in stages if s in ("reward", "ppo", "dpo", "rloo", "kto",
-                                                                            "distill")]
+    plotted = ("reward", "ppo", "dpo", "rloo", "grpo", "kto", "distill")
+    pngs = ["loss.png", "eval.png"] + [f"{s}.png" for s in stages if s in plotted]
     for png in pngs:
         assert f"(report/{png})" in report, png
         path = run_dir / "report" / png
@@ -142,7 +142,7 @@ def test_sigkill_mid_stage_then_rerun_resumes_and_matches_uninterrupted(tiny_lla
 # base_model.training_chat_template, base_model.gguf_file and stages[].rewards (commit b500e59): new keys left
 # unset must not turn a finished run into "run with other inputs".
 PINNED_FINGERPRINTS = {
-    "recipes/tiny/demo.yaml": "dae6e41823d66709d7d43252e360bb53a4a61f95cd3e2c13fe2c31ed42c1e41a",
+    "recipes/tiny/demo.yaml": "7a18e6ea1cd261d26bc1ad3addc2c484e55f0360192205d5aafd3eb9bfdf9723",
     "recipes/tiny/ppo.yaml": "c3f7e0ac5694102178ba5404e6120dedf3b024e4ab6613a87d0e7e5b24f3481b",
     "recipes/tiny/qlora-sft.yaml": "0e1a235662340a0848b044ae02e77ab5fa38c5eef54ed07ce898923185157fb3",
 }

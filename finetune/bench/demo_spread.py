@@ -36,6 +36,9 @@ FIGURES = {
     "em_dpo_minus_sft": ("EM after DPO - EM after SFT", f">= -{demo.EM_SLACK:g}", lambda v: v >= -demo.EM_SLACK),
     "dpo_p": ("  its paired exact p-value (McNemar)", "(reported)", None),
     "kl_dpo": ("DPO's KL to its start (watched answers, nats)", f"> {demo.MOVED_KL:g}", lambda v: v > demo.MOVED_KL),
+    "em_grpo_minus_sft": ("EM after GRPO (F1 reward) - EM after SFT", f">= +{demo.GRPO_GAIN:g}",
+                          lambda v: v >= demo.GRPO_GAIN),
+    "kl_grpo": ("GRPO's KL to its start (watched answers, nats)", "(reported)", None),
     "wall_s": ("wall time (s)", f"<= {demo.TIME_TARGET_S} (printed, not tested)", None),
 }
 
@@ -62,9 +65,10 @@ def run_one(seed: int, path: str, env: dict, out: Path) -> dict:
     return {"seed": seed, "path": path, "kernels": kernel_paths.describe(env), "em_base": em["base"],
             "em_sft": em["sft"], "f1_sft": results["sft"][demo.TASK]["f1"], "reward_accuracy": reward,
             "em_ppo_minus_sft": round(em["ppo"] - em["sft"], 4), "em_dpo_minus_sft": round(em["dpo"] - em["sft"], 4),
+            "em_grpo_minus_sft": round(em["grpo"] - em["sft"], 4) if "grpo" in em else None,
             **{f"{stage}_p": round(demo.paired_drop(sft, demo.per_question(run_dir, stage))["p"], 3)
                for stage in ("ppo", "dpo")},
-            **{f"kl_{stage}": demo.final_kl(run_dir, stage) for stage in ("ppo", "dpo")},
+            **{f"kl_{stage}": demo.final_kl(run_dir, stage) for stage in ("ppo", "dpo", "grpo")},
             "wall_s": round(wall, 1), "checks": demo.checks(results, reward, run_dir)}
 
 
@@ -84,7 +88,7 @@ def table(runs: list[dict]) -> str:
              f"{len({r['path'] for r in runs})} CPU kernel paths)\n",
              "| figure | min | median | max | target | met in every run |", "|---|---|---|---|---|---|"]
     for key, (label, target, met) in FIGURES.items():
-        values = [r[key] for r in runs if r[key] is not None]
+        values = [r[key] for r in runs if r.get(key) is not None]
         if not values:
             lines.append(f"| {label} | n/a | n/a | n/a | {target} | **NO** |")
             continue
@@ -92,14 +96,17 @@ def table(runs: list[dict]) -> str:
         lines.append(f"| {label} | {_num(key, min(values))} | {_num(key, statistics.median(values))} | "
                      f"{_num(key, max(values))} | {target} | {every} |")
     lines += ["", "| path | seed | EM base | EM SFT | F1 SFT | reward acc. | PPO - SFT (p) | DPO - SFT (p) "
-              "| KL PPO | KL DPO | wall (s) | targets |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| KL PPO | KL DPO | GRPO - SFT | KL GRPO | wall (s) | targets |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         missed = [label for label, ok in r["checks"] if not ok]
         cells = [_num(k, r[k]) for k in ("em_base", "em_sft", "f1_sft", "reward_accuracy")]
         deltas = [("+" if r[k] >= 0 else "") + _num(k, r[k]) + f" (p {_num(p, r[p])})"
                   for k, p in (("em_ppo_minus_sft", "ppo_p"), ("em_dpo_minus_sft", "dpo_p"))]
         kls = [_num(k, r[k]) for k in ("kl_ppo", "kl_dpo")]
+        grpo = r.get("em_grpo_minus_sft")
+        kls += ["n/a" if grpo is None else ("+" if grpo >= 0 else "") + _num("em_grpo_minus_sft", grpo),
+                _num("kl_grpo", r.get("kl_grpo"))]
         lines.append(f"| {r['path']} | {r['seed']} | {' | '.join(cells + deltas + kls)} | "
                      f"{_num('wall_s', r['wall_s'])} | "
                      f"{'all ok' if not missed else 'MISSED: ' + '; '.join(missed)} |")
@@ -140,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             missed = [label for label, ok in run["checks"] if not ok]
             print(f"  EM base {run['em_base']:g}, SFT {run['em_sft']:g}, reward accuracy {run['reward_accuracy']:g}, "
                   f"PPO-SFT {run['em_ppo_minus_sft']:+g} (KL {_num('kl_ppo', run['kl_ppo'])}), "
-                  f"DPO-SFT {run['em_dpo_minus_sft']:+g} (KL {_num('kl_dpo', run['kl_dpo'])}), {run['wall_s']:g} s"
+                  f"DPO-SFT {run['em_dpo_minus_sft']:+g} (KL {_num('kl_dpo', run['kl_dpo'])}), "
+                  f"GRPO-SFT {_num('em_grpo_minus_sft', run['em_grpo_minus_sft'])}, {run['wall_s']:g} s"
                   f"{'' if not missed else '  MISSED: ' + '; '.join(missed)}", flush=True)
     report = table(runs)
     (out / "spread.md").write_text(report + "\n")

@@ -1,8 +1,16 @@
 """Synthetic extractive QA for the demo: contexts of several facts, a question about one, the answer a span.
 
-Deterministic (seeded). Training, preference and prompt files use one set of people, cities and pets; the
-held-out evaluation set uses names, cities and pets that never appear in training, so a model can only
-score by reading the context, not by remembering facts.
+Deterministic (seeded). Training, preference and prompt files use one set of people and cities; the
+held-out evaluation set uses names and cities that never appear in training, so a model can only score by
+reading the context, not by remembering facts. Jobs, pets, colours, foods and years come from one pool.
+
+Two demo-only files go beside the demo recipe (recipes/tiny/data), outside recipes/data, whose text the tiny
+tokenizer is trained on: adding them there would retrain it and so change every tiny model. Every word in
+them but "Their" is in sft.jsonl, and the tokenizer spells that one from pieces it has ("The" "ir").
+- sft_sentences.jsonl: the colour questions of sft.jsonl twice more, answered with a sentence ("Their
+  favorite color is red."). With both files, SFT answers colour questions 2 times in 3 with the sentence, the
+  way chat data mixes styles; SQuAD EM scores that 0 and F1 about 0.33, which GRPO with the F1 reward can fix.
+- prompts_answers.jsonl: prompts.jsonl with each prompt's gold answer (for the F1 reward).
 
     python recipes/data/make_qa_data.py        # from the repository root
 """
@@ -15,6 +23,8 @@ from pathlib import Path
 
 OUT = Path("recipes/data/qa")
 EVAL_OUT = Path("eval/data/qa_heldout.jsonl")
+# Demo-only files, outside recipes/data: the tiny tokenizer is trained on recipes/data, and these repeat its words.
+DEMO_OUT = Path("recipes/tiny/data")
 
 NAMES = ("Mara Tomas Ilse Bruno Anika Felix Greta Hugo Ida Jonas Karla Leon Mila Nora Oskar Paula Rosa Simon "
          "Tara Udo Vera Walter Yara Zeno Alma Basil Clara Dario Elsa Fabio Gina Henrik Iris Jasper Kira Lukas "
@@ -29,6 +39,8 @@ PETS = "cat dog parrot rabbit turtle hamster goat pony ferret lizard goldfish ca
 COLORS = "red blue green yellow purple orange white black pink brown grey silver".split()
 FOODS = "bread soup rice apples cheese pasta fish beans honey noodles plums carrots".split()
 
+SENTENCE_ATTR, SENTENCE_COPIES = "color", 2
+STYLE_SENTENCE = {"color": "Their favorite color is {v}."}
 FACTS = {  # attribute -> (fact template, question templates)
     "city": ("{n} lives in {v}.", ["Where does {n} live?"]),
     "job": ("{n} works as a {v}.", ["What does {n} work as?"]),
@@ -64,7 +76,9 @@ def make_example(rng: random.Random, pools: dict) -> dict:
     same_kind = [v for p, a, v in facts if a == attr and v != answer]
     others = [v for p, a, v in facts if v != answer]
     wrong = rng.choice(same_kind or others)
-    return {"context": context, "question": question, "answer": answer, "wrong": wrong}
+    sentence = STYLE_SENTENCE.get(attr, "").format(v=answer)
+    return {"context": context, "question": question, "answer": answer, "wrong": wrong, "attr": attr,
+            "sentence": sentence}
 
 
 def user_message(ex: dict) -> str:
@@ -76,9 +90,11 @@ def main() -> None:
     train_pools, eval_pools = {}, {}
     for key, values in (("name", NAMES), ("city", CITIES), ("pet", PETS)):
         train_pools[key], eval_pools[key] = split_half(values, rng)
+    eval_pools["pet"] = list(PETS)  # pets are seen in training; people and towns are not
     for key, values in (("job", JOBS), ("color", COLORS), ("food", FOODS)):
         train_pools[key] = eval_pools[key] = list(values)
-    OUT.mkdir(parents=True, exist_ok=True)
+    for folder in (OUT, DEMO_OUT, EVAL_OUT.parent):
+        folder.mkdir(parents=True, exist_ok=True)
     train = [make_example(rng, train_pools) for _ in range(3000)]
     prefs = [make_example(rng, train_pools) for _ in range(800)]
     prompts = [make_example(rng, train_pools) for _ in range(400)]
@@ -100,6 +116,12 @@ def main() -> None:
                                  "chosen": [{"role": "assistant", "content": e["answer"]}],
                                  "rejected": [{"role": "assistant", "content": e["wrong"]}]} for e in prefs))
     write(OUT / "prompts.jsonl", ({"prompt": [{"role": "user", "content": user_message(e)}]} for e in prompts))
+    write(DEMO_OUT / "prompts_answers.jsonl", ({"prompt": [{"role": "user", "content": user_message(e)}],
+                                           "answers": [e["answer"]]} for e in prompts))
+    sentences = [e for e in train if e["attr"] == SENTENCE_ATTR]
+    write(DEMO_OUT / "sft_sentences.jsonl", ({"messages": [{"role": "user", "content": user_message(e)},
+                                                      {"role": "assistant", "content": e["sentence"]}]}
+                                        for e in sentences for _ in range(SENTENCE_COPIES)))
     write(EVAL_OUT, ({"id": f"qa-{i:04d}", "context": e["context"], "question": e["question"],
                       "answers": {"text": [e["answer"]], "answer_start": [e["context"].index(e["answer"])]}}
                      for i, e in enumerate(heldout)))
