@@ -17,6 +17,10 @@ from conftest import DATA, REPO
 from finetune.pipeline import run_recipe
 from finetune.recipe import load_recipe
 
+# The demo's held-out questions as they were when this file's figures were measured (pets unseen in training
+# too). The demo's own set has since taken its pets from the training pool; these readers stay on the old one.
+WATCHED = "tests/fixtures/qa_heldout_v1.yaml"
+
 
 @pytest.fixture(scope="module")
 def readers(tmp_path_factory):
@@ -113,7 +117,7 @@ def test_grpo_with_the_f1_reward_raises_it_and_raises_no_alarm(readers, tmp_path
     reward. Measured (2026-11-30, AVX-512 path, one thread): mean reward 0.047 over the first 12 steps ->
     0.125 over the last 12, held-out F1 5 -> 10; AVX2 path: F1 5 -> 7.5; no alarm on either."""
     monkeypatch.chdir(REPO)
-    watch = {"task": "qa_heldout", "questions": 40, "every": 16}
+    watch = {"task": WATCHED, "questions": 40, "every": 16}
     recipe = grpo_recipe(tmp_path, readers(2), {"squad_f1": 1.0}, watch, steps=64, lr=3e-4)
     results = run_recipe(recipe, output_dir=str(tmp_path / "run"))
     f1 = logged(tmp_path / "run", "grpo", "rewards/squad_f1/mean")
@@ -135,7 +139,7 @@ def test_a_reward_for_long_answers_trips_an_alarm_and_stops_training(readers, tm
     At temperature 1 the AVX2 path never sampled a long answer in 20 steps (reward 0, nothing to learn), so
     the test samples at 1.5; the alarm then fires and stops training on both paths."""
     monkeypatch.chdir(REPO)
-    watch = {"task": "qa_heldout", "questions": 40, "every": 4, "stop_on_alarm": True}
+    watch = {"task": WATCHED, "questions": 40, "every": 4, "stop_on_alarm": True}
     recipe = grpo_recipe(
         tmp_path, readers(4), {"length_penalty": -1.0}, watch, steps=40, lr=1e-3, temperature=1.5
     )
@@ -212,7 +216,7 @@ def rm_then_grpo(tmp_path, reader, biased: bool) -> dict:
                        "per_device_train_batch_size": 16, "max_length": 256, "logging_steps": 5,
                        "save_strategy": "no", "gradient_checkpointing": False}},
             {"name": "grpo", "kind": "grpo", "data": ["prompts"], "rewards": {"reward_model": 1.0},
-             "watch": {"task": "qa_heldout", "questions": 40, "every": 8},
+             "watch": {"task": WATCHED, "questions": 40, "every": 8},
              "train": {"max_steps": 64, "learning_rate": 3e-4, "per_device_train_batch_size": 16,
                        "num_generations": 4, "max_completion_length": 12, "temperature": 1.5,
                        "logging_steps": 1, "save_strategy": "no", "gradient_checkpointing": False}},
