@@ -174,6 +174,17 @@ def _tokenizer_checks(stage: Stage, data: dict, args, tokenizer, base_model: Bas
         audit.unpaired_audit(data["train"], tokenizer, data["kind"], args.max_length, stage["audit"])
 
 
+def _learns_from(stage: Stage, stage_names: set[str]) -> list[str]:
+    """The stages among `stage_names` whose artifacts `stage` starts from: its `from`, reward model and teacher.
+
+    A distill `teacher:` that is a model folder, not a stage name, is not among them (`_init_for` reads it).
+    """
+    names = [stage["from"], stage["reward_model"]]
+    if stage["kind"] == "distill" and stage["teacher"] in stage_names:
+        names.append(stage["teacher"])
+    return [n for n in names if n]
+
+
 def _init_for(stage: Stage, results: dict) -> dict:
     """What a stage starts from: the `from` stage's artifact (None: the base) and the reward model's folder."""
     src, rm = stage["from"], stage["reward_model"]
@@ -227,7 +238,7 @@ def run_recipe(recipe: Recipe, output_dir: str | None = None, only: str | None =
 class Decision:
     """What to do with one stage of a run: see `decide`."""
 
-    action: str  # stop | reuse | skip | run | resume | retrain | refuse_unfinished | refuse_changed
+    action: str  # keep | leave_out | reuse | skip | run | resume | retrain | refuse_unfinished | refuse_changed
     why: str
 
 
@@ -241,7 +252,10 @@ def decide(name: str, fingerprint: str, *, done: bool, done_fingerprint: str | N
     started), `has_checkpoint` says whether a complete checkpoint survived. `only` is `--only STAGE` and
     `only_finished` whether that stage has already been handled in this run; `force` is `--force`.
 
-    - stop: the stages after `--only`'s are neither run nor required;
+    - keep: a stage after `--only`'s that finished with unchanged inputs: not run, but scored and reported
+      beside the others, as in the full run;
+    - leave_out: a stage after `--only`'s that did not finish, or finished with other inputs (an earlier
+      stage it learnt from changed): neither run nor required, and left out of the eval table and report;
     - reuse: a stage before `--only`'s that finished (whatever its inputs: `--only` trusts it);
     - refuse_unfinished: a stage before `--only`'s that never finished;
     - skip: finished with the same inputs;
@@ -251,7 +265,10 @@ def decide(name: str, fingerprint: str, *, done: bool, done_fingerprint: str | N
     - run: nothing kept (never started, or stopped before its first checkpoint).
     """
     if only and only_finished:
-        return Decision("stop", f"after --only {only}")
+        if done and done_fingerprint == fingerprint:
+            return Decision("keep", f"after --only {only}, finished with unchanged inputs")
+        why = "finished with other inputs" if done else "not finished"
+        return Decision("leave_out", f"after --only {only}, {why}")
     if only and name != only:
         if done:
             return Decision("reuse", f"before --only {only}, finished")
@@ -275,9 +292,13 @@ def _run_stages(recipe: Recipe, run_dir: Path, only: str | None, force: bool) ->
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump({k: v for k, v in recipe.items() if k != "source"},
                                                              sort_keys=False))
     audit_summary = run_data_audit(recipe, run_dir) if recipe["data_audit"]["enabled"] else None
-    results = {}
+    results, stage_names = {}, {s["name"] for s in recipe["stages"]}
     for stage in recipe["stages"]:
         stage_dir = run_dir / stage["name"]
+        missing = [n for n in _learns_from(stage, stage_names) if n not in results]
+        if only and only in results and missing:  # after --only, a stage whose start was left out: so is it
+            log(f"{stage['name']}: after --only {only}, left out of eval and report ({', '.join(missing)} is)")
+            continue
         init = _init_for(stage, results)
         inputs = stage_inputs(Shared.of(recipe), stage, init)
         fp = mf.inputs_fingerprint(**inputs)
@@ -287,8 +308,9 @@ def _run_stages(recipe: Recipe, run_dir: Path, only: str | None, force: bool) ->
                           started_fingerprint=(started or {}).get("inputs_fingerprint"),
                           has_checkpoint=mf.last_checkpoint(stage_dir / "checkpoints") is not None,
                           only=only, only_finished=bool(only and only in results), force=force)
-        if decision.action == "stop":
-            break
+        if decision.action == "leave_out":
+            log(f"{stage['name']}: {decision.why}; not run, left out of eval and report")
+            continue
         if decision.action == "refuse_unfinished":
             raise UserError(f"--only {only}: stage '{stage['name']}' before it has not finished; run it first")
         if decision.action == "refuse_changed":
@@ -296,9 +318,11 @@ def _run_stages(recipe: Recipe, run_dir: Path, only: str | None, force: bool) ->
                                json.loads(json.dumps(inputs, default=str)))
             raise UserError(f"{stage_dir}: this stage was run with other inputs (changed: {changed}); "
                             f"pass --force to retrain it, or use another --output-dir")
-        if decision.action in ("reuse", "skip"):
+        if decision.action in ("reuse", "skip", "keep"):
             if decision.action == "skip":
                 log(f"{stage['name']}: done with unchanged inputs, skipped ({stage_dir})")
+            if decision.action == "keep":
+                log(f"{stage['name']}: {decision.why}; not run, scored and reported ({stage_dir})")
             results[stage["name"]] = done
             continue
         if decision.action == "retrain":

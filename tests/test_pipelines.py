@@ -160,8 +160,13 @@ def test_run_fingerprints_survive_new_schema_keys(path, monkeypatch):
     assert mf.inputs_fingerprint(**inputs) == PINNED_FINGERPRINTS[path]
 
 
-def test_only_an_early_stage_runs_it_and_evaluates_without_the_later_ones(tiny_llama, tmp_path, monkeypatch):
-    """`--only sft` on sft -> dpo trains sft, scores it, and does not ask for dpo; `--only dpo` then reuses sft."""
+def test_only_an_early_stage_runs_it_and_evaluates_without_the_later_ones(tiny_llama, tmp_path, monkeypatch,
+                                                                           capsys):
+    """`--only sft` on sft -> dpo trains sft, scores it, and does not ask for dpo; `--only dpo` then reuses sft.
+
+    Once dpo has finished, `--only sft` keeps it in the eval table while its inputs are unchanged, and leaves it
+    out (its folder untouched) once sft is retrained with other inputs.
+    """
     monkeypatch.chdir(REPO)
     overrides = [
         f"base_model.path={tiny_llama}",
@@ -176,3 +181,18 @@ def test_only_an_early_stage_runs_it_and_evaluates_without_the_later_ones(tiny_l
     assert "| sft |" in (tmp_path / "run" / "eval" / "results.md").read_text()
     second = run_recipe(load_recipe("recipes/tiny/dpo.yaml", overrides), output_dir=out, only="dpo")
     assert list(second) == ["sft", "dpo"] and second["sft"] == first["sft"]
+    results_md = tmp_path / "run" / "eval" / "results.md"
+    assert "| dpo |" in results_md.read_text()
+    capsys.readouterr()
+    third = run_recipe(load_recipe("recipes/tiny/dpo.yaml", overrides), output_dir=out, only="sft")
+    assert third == second  # nothing retrained, dpo still current: scored and reported as in a full run
+    assert "| dpo |" in results_md.read_text()
+    assert "dpo: after --only sft, finished with unchanged inputs; not run, scored and reported" in \
+        capsys.readouterr().err
+    changed = [*overrides, "stages.sft.train.max_steps=3"]
+    fourth = run_recipe(load_recipe("recipes/tiny/dpo.yaml", changed), output_dir=out, only="sft", force=True)
+    assert list(fourth) == ["sft"] and fourth["sft"] != first["sft"]
+    assert "| dpo |" not in results_md.read_text()  # trained from the old sft: not shown as if from the new
+    assert "dpo: after --only sft, finished with other inputs; not run, left out of eval and report" in \
+        capsys.readouterr().err
+    assert (tmp_path / "run" / "dpo" / "manifest.json").exists()  # nothing a user made is deleted

@@ -33,7 +33,13 @@ FP, OTHER = "a" * 64, "b" * 64
     ({"done": True, "done_fingerprint": OTHER}, {"only": "dpo"}, "reuse"),  # an earlier stage is trusted
     ({}, {"only": "dpo"}, "refuse_unfinished"),
     ({"started_fingerprint": FP, "has_checkpoint": True}, {"only": "dpo"}, "refuse_unfinished"),
-    ({}, {"only": "dpo", "only_finished": True}, "stop"),
+    # after --only's stage: a finished stage still current is reported, anything else is left out
+    ({"done": True, "done_fingerprint": FP}, {"only": "dpo", "only_finished": True}, "keep"),
+    ({"done": True, "done_fingerprint": OTHER}, {"only": "dpo", "only_finished": True}, "leave_out"),
+    ({"done": True, "done_fingerprint": OTHER}, {"only": "dpo", "only_finished": True, "force": True},
+     "leave_out"),  # --force retrains only what --only names
+    ({}, {"only": "dpo", "only_finished": True}, "leave_out"),
+    ({"started_fingerprint": FP, "has_checkpoint": True}, {"only": "dpo", "only_finished": True}, "leave_out"),
     ({"done": True, "done_fingerprint": FP}, {"only": "sft"}, "skip"),  # --only names this stage
     ({}, {"only": "sft"}, "run"),
 ])
