@@ -9,7 +9,8 @@ import json
 from conftest import REPO
 
 FILES = ("recipes/data/qa/sft.jsonl", "recipes/data/qa/prefs.jsonl", "recipes/data/qa/prompts.jsonl",
-         "recipes/tiny/data/sft_sentences.jsonl", "recipes/tiny/data/prompts_answers.jsonl",
+         "recipes/tiny/data/sft_sentences.jsonl", "recipes/tiny/data/prefs_sentences.jsonl",
+         "recipes/tiny/data/prompts_answers.jsonl",
          "eval/data/qa_heldout.jsonl")
 
 
@@ -38,6 +39,17 @@ def test_colour_questions_are_answered_two_times_in_three_with_a_sentence():
         assert sentence == f"Their favorite color is {spans[question]}."
     assert all(not r["messages"][0]["content"].endswith("favorite color?")
                or r["messages"][1]["content"] in spans.values() for r in sft)
+
+
+def test_style_pairs_prefer_the_span_on_every_colour_question_of_the_pairs():
+    prefs = rows(REPO / "recipes/data/qa/prefs.jsonl")
+    style = rows(REPO / "recipes/tiny/data/prefs_sentences.jsonl")
+    colour = [r for r in prefs if r["prompt"][0]["content"].endswith("favorite color?")]
+    assert [r["prompt"] for r in style] == [r["prompt"] for r in colour] and style
+    for pair, original in zip(style, colour, strict=True):
+        span = original["chosen"][0]["content"]
+        assert pair["chosen"][0]["content"] == span
+        assert pair["rejected"][0]["content"] == f"Their favorite color is {span}."
 
 
 def test_held_out_people_and_towns_never_appear_in_training():

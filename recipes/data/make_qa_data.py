@@ -10,6 +10,8 @@ them but "Their" is in sft.jsonl, and the tokenizer spells that one from pieces 
 - sft_sentences.jsonl: the colour questions of sft.jsonl twice more, answered with a sentence ("Their
   favorite color is red."). With both files, SFT answers colour questions 2 times in 3 with the sentence, the
   way chat data mixes styles; SQuAD EM scores that 0 and F1 about 0.33, which GRPO with the F1 reward can fix.
+- prefs_sentences.jsonl: one pair per colour question of prefs.jsonl, the span chosen over the sentence: the
+  preference data says which style is wanted, so the reward model (and with it PPO) and DPO learn it too.
 - prompts_answers.jsonl: prompts.jsonl with each prompt's gold answer (for the F1 reward).
 
     python recipes/data/make_qa_data.py        # from the repository root
@@ -118,6 +120,10 @@ def main() -> None:
     write(OUT / "prompts.jsonl", ({"prompt": [{"role": "user", "content": user_message(e)}]} for e in prompts))
     write(DEMO_OUT / "prompts_answers.jsonl", ({"prompt": [{"role": "user", "content": user_message(e)}],
                                            "answers": [e["answer"]]} for e in prompts))
+    write(DEMO_OUT / "prefs_sentences.jsonl", ({"prompt": [{"role": "user", "content": user_message(e)}],
+                                               "chosen": [{"role": "assistant", "content": e["answer"]}],
+                                               "rejected": [{"role": "assistant", "content": e["sentence"]}]}
+                                              for e in prefs if e["attr"] == SENTENCE_ATTR))
     sentences = [e for e in train if e["attr"] == SENTENCE_ATTR]
     write(DEMO_OUT / "sft_sentences.jsonl", ({"messages": [{"role": "user", "content": user_message(e)},
                                                       {"role": "assistant", "content": e["sentence"]}]}
