@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(recipe["output_dir"])
     results = json.loads((run_dir / "eval" / "results.json").read_text())
     accuracy = (manifests.get("reward") or {}).get("reward_accuracy", {}).get("accuracy")
-    print(f"\nHeld-out extractive QA ({TASK}: people, towns and pets never seen in training), EM / F1 per stage:\n")
+    print(f"\nHeld-out extractive QA ({TASK}: people and towns never seen in training), EM / F1 per stage:\n")
     print((run_dir / "eval" / "results.md").read_text())
     if accuracy is not None:
         print(f"reward model pairwise accuracy on held-out pairs: {accuracy:.3f}")
