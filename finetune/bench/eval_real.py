@@ -5,6 +5,12 @@ and bf16 grouped by length, alternated in one process (A B C A B C ...).
 Reports questions/s (median over rounds), the share of generated positions wasted after rows stopped, whether
 the two fp32 variants give identical predictions, and the EM/F1 difference of bf16 generation against fp32.
 
+A fourth variant, fp32 grouped with one new token, times the prompts' forward pass (prefill) alone, in the same
+rounds. No change to how answers are decoded (dropping finished rows, another cache) can make fp32 evaluation
+faster than that: `file order / prefill` bounds the fp32 speed-up at identical arithmetic. Its FLOP/s (2 x
+non-embedding parameters per prompt token, attention left out, so a lower bound) is set beside the fp32 GEMM
+peak measured in the same process (finetune.bench.mfu.gemm_peak).
+
     .venv/bin/python -m finetune.bench.eval_real --model runs/smollm2-135m-squad/sft --questions 96 --rounds 2
 """
 
@@ -15,6 +21,23 @@ import copy
 import json
 import statistics
 import time
+
+PREFILL = "fp32, grouped, 1 new token (prefill)"
+
+
+def _padded_prompt_tokens(tokenizer, prompts: list[str], batch_size: int, chat: bool) -> int:
+    """Prompt positions the grouped batches run through the model: per batch, rows x its longest prompt (the
+    batches `evaluation.generate` makes when grouping by length)."""
+    lengths = sorted((len(ids) for ids in tokenizer(prompts, add_special_tokens=not chat)["input_ids"]),
+                     reverse=True)
+    return sum(len(lengths[i:i + batch_size]) * lengths[i] for i in range(0, len(lengths), batch_size))
+
+
+def _non_embedding_parameters(model) -> int:
+    """Parameters outside the input embedding and the LM head (one matmul-multiply-add each per token in the
+    forward pass; generate computes the head on the last prompt position only)."""
+    skip = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         "fp32, file order (before)": (fp32, False),
         "fp32, grouped by length": (fp32, True),
         "bf16, grouped by length": (bf16, True),
+        PREFILL: (fp32, True),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     outputs, waste = {}, {}
@@ -62,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
                     model,
                     tokenizer,
                     prompts,
-                    task["max_new_tokens"],
+                    1 if name == PREFILL else task["max_new_tokens"],
                     args.batch_size,
                     task["chat_template"],
                     progress=False,
@@ -98,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     for name in variants:
         med = statistics.median(times[name])
+        if name == PREFILL:
+            continue
         em, f1 = scores(outputs[name])
         report["variants"][name] = {
             "seconds": [round(t, 2) for t in times[name]],
@@ -112,6 +138,27 @@ def main(argv: list[str] | None = None) -> None:
             f"  {name:<26} {len(rows) / med:6.3f} questions/s  {base / med:5.2f}x  wasted "
             f"{100 * waste[name]:4.1f}%  EM {em:5.1f} F1 {f1:5.1f}  ({rounds} s)"
         )
+    prefill = statistics.median(times[PREFILL])
+    tokens = _padded_prompt_tokens(tokenizer, prompts, args.batch_size, task["chat_template"])
+    flops = 2 * _non_embedding_parameters(fp32) * tokens
+    from finetune.bench.mfu import gemm_peak
+
+    peak = gemm_peak("float32")
+    report["prefill"] = {
+        "seconds": [round(t, 2) for t in times[PREFILL]],
+        "share_of_fp32_grouped": round(prefill / statistics.median(times["fp32, grouped by length"]), 3),
+        "fp32_speedup_bound": round(base / prefill, 3),
+        "padded_prompt_tokens": tokens,
+        "gflops_lower_bound": round(flops / prefill / 1e9, 1),
+        "fp32_gemm_peak_gflops": round(peak, 1),
+    }
+    pf = report["prefill"]
+    print(
+        f"  prefill alone (fp32, grouped, 1 new token): {prefill:.1f} s = {100 * pf['share_of_fp32_grouped']:.0f}% "
+        f"of fp32 grouped; fp32 speed-up bound at identical arithmetic {pf['fp32_speedup_bound']:.2f}x; "
+        f">= {pf['gflops_lower_bound']:.0f} GFLOP/s on {tokens} padded prompt tokens against a fp32 GEMM peak of "
+        f"{pf['fp32_gemm_peak_gflops']:.0f}"
+    )
     same = outputs["fp32, file order (before)"] == outputs["fp32, grouped by length"]
     differ = sum(
         a != b
