@@ -5,8 +5,8 @@ accuracy >= 0.9; PPO and DPO move the policy (mean KL to the starting policy on 
 > 0.01 at the end) while their EM stays >= SFT's - 1; GRPO with the F1 reward adds >= 5 EM points to SFT's
 (the SFT data answers colour questions 2 times in 3 with a sentence, which EM scores 0); and a random student
 half as wide as the model reaching EM >= 25 by distillation from the GRPO model. `make demo-spread`
-measures them over 5 seeds x 2 CPU kernel paths; the README gives what has been measured so far. The
-wall-time target (10 minutes on 2 cores) is printed, not tested: it depends on the machine and its load.
+measures them over 5 seeds x 2 CPU kernel paths; the README gives the spread. The wall-time target (10 minutes
+on 2 cores) is printed, not tested: it depends on the machine and its load.
 """
 
 from __future__ import annotations
