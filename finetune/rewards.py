@@ -48,6 +48,33 @@ def length_penalty(prompts, completions, answers, **kwargs) -> list[float]:
     return out
 
 
+class RewardModelReward:
+    """A trained reward model as a TRL reward function, read where it was trained to be read.
+
+    TRL scores a reward model given as `reward_funcs` on the whole chat template's text, which ends after the
+    final end-of-sequence token (a newline under ChatML); the reward stage trains the model to score the text
+    ending at that token (finetune.stages.reward), as PPO reads it. This renders prompt + completion the
+    reward stage's way and returns the model's logit per completion (unbounded floats; higher is preferred).
+    `model` must already sit on the device the policy trains on (finetune.stages.rloo moves it).
+    """
+
+    __name__ = "reward_model"  # TRL names the logged reward after it
+
+    def __init__(self, model, tokenizer, batch_size: int = 32):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        from finetune.stages.reward import conversation_text, end_at_eos, score
+
+        if prompts and isinstance(prompts[0], list):  # conversational: message lists
+            texts = [conversation_text(p + c, self.tokenizer) for p, c in zip(prompts, completions, strict=True)]
+            return score(self.model, self.tokenizer, texts, self.batch_size)
+        eos = self.tokenizer.eos_token or ""
+        texts = [end_at_eos(p + c, eos) if eos in c else p + c + eos
+                 for p, c in zip(prompts, completions, strict=True)]
+        return score(self.model, self.tokenizer, texts, self.batch_size, add_special_tokens=True)
+
+
 FUNCTIONS = {"squad_f1": squad_f1, "squad_em": squad_em, "length_penalty": length_penalty}
 NAMES = (*FUNCTIONS, "reward_model")  # reward_model: the trained reward model of a reward stage
 NEEDS_ANSWERS = set(FUNCTIONS)

@@ -230,8 +230,8 @@ def rm_then_grpo(tmp_path, reader, biased: bool) -> dict:
 def test_a_length_biased_reward_model_trips_the_alarms_and_a_clean_one_does_not(readers, tmp_path, monkeypatch,
                                                                                 biased):
     """The failure the alarms exist for, made on purpose: a reward model trained on pairs whose chosen answer
-    is always the longer one (a whole sentence where the gold answer is a span) and GRPO against it. The
-    answers grow, held-out F1 falls while the reward rises, and the alarms say so. The same run with the pairs
+    is always the longer one (a whole sentence where the gold answer is a span) and GRPO against it.
+    Held-out F1 falls (or the answers grow) while the reward rises, and the alarms say so. The same run with the pairs
     the other way round (the gold span chosen) raises none. Measured (2026-11-30, 64 steps at 3e-4, sampled at
     temperature 1.5, each stage seeded by the pipeline): AVX-512 path, biased: reward_up_f1_down at step 16 (F1
     62.5 -> 0) and length_drift at 64 (1.0 -> 1.8 words), clean: F1 62.5 -> 55.0, 0.9 words, no alarm; AVX2
@@ -239,7 +239,10 @@ def test_a_length_biased_reward_model_trips_the_alarms_and_a_clean_one_does_not(
     Before stages were seeded, the reward model's new score head took whatever the global RNG held after the
     earlier tests, and on the AVX2 path one such order never lengthened the greedy answers. At 1e-3 the
     "clean" reward model (which prefers the short answer) was hacked too: empty answers, F1 62.5 -> 37.5, and
-    reward_up_f1_down fired, rightly."""
+    reward_up_f1_down fired, rightly. Since the reward model is read at the end-of-sequence token it was
+    trained at (finetune.stages.reward; GRPO read it at the chat template's trailing newline before), AVX2 path,
+    biased: reward 0.46 -> 3.6 and F1 62.5 -> 50 by step 32, the greedy answers still one word (the sampled
+    answers are what the reward pulls on), and the alarm fires; clean: no alarm."""
     monkeypatch.chdir(REPO)
     results = rm_then_grpo(tmp_path, readers(4), biased)
     record = results["grpo"]["watch"]
@@ -247,6 +250,7 @@ def test_a_length_biased_reward_model_trips_the_alarms_and_a_clean_one_does_not(
     alarms = {a["alarm"] for a in record["alarms"]}
     if biased:
         assert alarms & {"reward_up_f1_down", "length_drift"}, points
-        assert points[-1][2] > points[0][2], f"answers did not grow: {points}"
+        # the bias was exploited: longer greedy answers, or held-out F1 lost while the reward rose
+        assert points[-1][2] > points[0][2] or points[-1][1] < points[0][1], f"nothing exploited: {points}"
     else:
         assert alarms == set(), (record["alarms"], points)

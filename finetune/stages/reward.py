@@ -1,4 +1,17 @@
-"""Reward stage: TRL's RewardTrainer on preference pairs; the output reloads as a sequence classifier."""
+"""Reward stage: TRL's RewardTrainer on preference pairs; the output reloads as a sequence classifier.
+
+Where a reward model is read. A sequence classifier's reward is its logit at the last non-pad token, so the
+text must end where every reader of the model will end it. TRL's PPOTrainer scores the policy's tokens up to
+and including the end-of-sequence token (`stop_token: eos`), but TRL's RewardTrainer renders a conversation
+with the whole chat template, which for ChatML templates (SmolLM2, Qwen) puts a newline after `<|im_end|>`:
+trained that way, the model is read in PPO at a position it never learned to score. (In the demo's seed-5 run
+on the AVX2 path that made the sentence "Their favorite color is brown." outscore the gold span "brown" on 16
+of 16 held-out colour questions when read at `<|im_end|>`, and lose on 12 of 16 when read at the newline; PPO
+duly taught the policy the sentence.) So every pair is rendered (a conversation with its chat template, cut
+after its last end-of-sequence token: `end_at_eos`; plain text with the end-of-sequence token appended, as
+TRL does), tokenised here and handed to TRL as `chosen_ids` / `rejected_ids`. The pairwise accuracy, PPO and
+the `reward_model` reward of GRPO/RLOO (`finetune.rewards.RewardModelReward`) all read the model at that token.
+"""
 
 from __future__ import annotations
 
@@ -14,19 +27,57 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
+def end_at_eos(text: str, eos_token: str | None) -> str:
+    """`text` cut just after its last `eos_token` (unchanged when it has none, or there is no eos token).
+
+    For a conversation rendered by a chat template this drops what the template writes after the final turn's
+    end-of-sequence token (ChatML's newline after `<|im_end|>`), so the text ends where TRL's PPOTrainer ends a
+    sampled response (module docstring).
+    """
+    if not eos_token:
+        return text
+    cut = text.rfind(eos_token)
+    return text if cut < 0 else text[:cut + len(eos_token)]
+
+
+def conversation_text(messages: list, tokenizer: PreTrainedTokenizerBase) -> str:
+    """A conversation as the reward model reads it: the chat template's text up to its last end-of-sequence
+    token."""
+    return end_at_eos(tokenizer.apply_chat_template(messages, tokenize=False), tokenizer.eos_token)
+
+
 def pair_texts(pairs: Dataset, tokenizer: PreTrainedTokenizerBase, kind: str) -> tuple[list[str], list[str]]:
-    """The full chosen / rejected texts a reward model scores, rendered as TRL renders them."""
+    """The full chosen / rejected texts a reward model is trained on and scores: prompt + answer + eos token
+    for text pairs (as TRL appends it), the rendered conversation cut after its last eos token for chat pairs."""
     if kind == "text":
-        return ([p + c for p, c in zip(pairs["prompt"], pairs["chosen"], strict=True)],
-                [p + r for p, r in zip(pairs["prompt"], pairs["rejected"], strict=True)])
-    render = lambda msgs: tokenizer.apply_chat_template(msgs, tokenize=False)  # noqa: E731
-    return ([render(p + c) for p, c in zip(pairs["prompt"], pairs["chosen"], strict=True)],
-            [render(p + r) for p, r in zip(pairs["prompt"], pairs["rejected"], strict=True)])
+        eos = tokenizer.eos_token or ""
+        with_eos = lambda t: t if t.endswith(eos) else t + eos  # noqa: E731
+        return ([with_eos(p + c) for p, c in zip(pairs["prompt"], pairs["chosen"], strict=True)],
+                [with_eos(p + r) for p, r in zip(pairs["prompt"], pairs["rejected"], strict=True)])
+    return ([conversation_text(p + c, tokenizer) for p, c in zip(pairs["prompt"], pairs["chosen"], strict=True)],
+            [conversation_text(p + r, tokenizer) for p, r in zip(pairs["prompt"], pairs["rejected"], strict=True)])
+
+
+def tokenized_pairs(pairs: Dataset | None, tokenizer: PreTrainedTokenizerBase, kind: str) -> Dataset | None:
+    """Pairs in TRL's pre-tokenised layout (`chosen_ids`, `rejected_ids`, and `margin` if present): the texts
+    of `pair_texts`, with the tokenizer's special tokens for text pairs (as TRL and PPO's queries add them) and
+    without for chat pairs (the template writes its own). None stays None."""
+    if pairs is None:
+        return None
+    from datasets import Dataset
+
+    chosen, rejected = pair_texts(pairs, tokenizer, kind)
+    encode = lambda texts: tokenizer(texts, add_special_tokens=kind == "text")["input_ids"]  # noqa: E731
+    columns = {"chosen_ids": encode(chosen), "rejected_ids": encode(rejected)}
+    if "margin" in pairs.column_names:
+        columns["margin"] = pairs["margin"]
+    return Dataset.from_dict(columns)
 
 
 def score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-          batch_size: int = 32) -> list[float]:
+          batch_size: int = 32, add_special_tokens: bool = False) -> list[float]:
     """Reward of each text (the classifier's single logit at the last non-pad token), in `texts` order.
+    `add_special_tokens`: True for plain-text pairs, as they were tokenised for training (`tokenized_pairs`).
 
     Side effects: sets tokenizer.padding_side to "right" and puts the model in eval mode.
     """
@@ -36,7 +87,8 @@ def score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: lis
     out: list[float] = []
     model.eval()
     for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True,
+                        add_special_tokens=add_special_tokens)
         enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         with torch.no_grad():
             out += model(**enc).logits[:, 0].float().tolist()
@@ -46,7 +98,9 @@ def score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: lis
 def pairwise_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: Dataset, kind: str) -> dict:
     """Share of pairs where chosen outscores rejected, and the mean margin."""
     chosen, rejected = pair_texts(pairs, tokenizer, kind)
-    c, r = score(model, tokenizer, chosen), score(model, tokenizer, rejected)
+    special = kind == "text"
+    c, r = (score(model, tokenizer, chosen, add_special_tokens=special),
+            score(model, tokenizer, rejected, add_special_tokens=special))
     wins = [a > b for a, b in zip(c, r, strict=True)]
     return {"pairs": len(wins), "accuracy": round(sum(wins) / len(wins), 4),
             "mean_margin": round(sum(a - b for a, b in zip(c, r, strict=True)) / len(wins), 4)}
@@ -89,8 +143,10 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
     model.config.pad_token_id = tokenizer.pad_token_id
     # SEQ_CLS adapters train (and save) the new score head in full alongside the LoRA weights.
     peft = modeling.peft_config(stage["peft"], task_type="SEQ_CLS") if stage["peft"] else None
-    trainer = common.build_trainer(RewardTrainer, stage, model=model, args=args, train_dataset=data["train"],
-                                   eval_dataset=data["eval"], processing_class=tokenizer, peft_config=peft)
+    trainer = common.build_trainer(RewardTrainer, stage, model=model, args=args,
+                                   train_dataset=tokenized_pairs(data["train"], tokenizer, data["kind"]),
+                                   eval_dataset=tokenized_pairs(data["eval"], tokenizer, data["kind"]),
+                                   processing_class=tokenizer, peft_config=peft)
     if stage["quantization"]:
         _match_head_dtype(trainer.model)
     result = common.train(trainer, stage_dir, log)

@@ -53,8 +53,8 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
     for name in weights:
         if name == "reward_model":
             model, reward_tokenizer = load_reward_model(init["reward_model"], shared.base_model)
-            funcs.append(model)
-            processing.append(reward_tokenizer)
+            funcs.append(rewards.RewardModelReward(model, reward_tokenizer))
+            processing.append(None)
         else:
             funcs.append(rewards.FUNCTIONS[name])
             processing.append(None)
@@ -66,6 +66,9 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
                                    train_dataset=data["train"], eval_dataset=data["eval"],
                                    processing_class=tokenizer, reward_processing_classes=processing,
                                    peft_config=peft)
+    for func in funcs:  # the reward model computes where the policy does
+        if isinstance(func, rewards.RewardModelReward):
+            func.model.to(trainer.accelerator.device)
     result = common.train(trainer, stage_dir, log)
     trainer.save_model(str(stage_dir / "model"))
     if trainer.is_world_process_zero():
