@@ -62,14 +62,17 @@ def _without_unset(section: dict, later: tuple[str, ...]) -> dict:
 def stage_inputs(shared: Shared, stage: Stage, init: dict) -> dict:
     """Everything that decides a stage's result; its fingerprint says whether a finished stage is still valid.
 
-    Returns {"stage", "seed", "base_model", "init", "data": {source name: its settings and file sha256s}} and
-    "base_model_gguf" for a base imported from GGUF. Reads (hashes) every local data file the stage names.
+    Returns {"stage", "seed", "base_model", "init", "data": {source name: its settings and file sha256s}},
+    "base_model_gguf" for a base imported from GGUF, and "reads_at" for reward stages.
+    Reads (hashes) every local data file the stage names.
     """
     inputs = {
         "stage": _without_unset(stage, LATER_KEYS["stage"]), "seed": shared.seed,
         "base_model": _without_unset(shared.base_model, LATER_KEYS["base_model"]), "init": init,
         "data": {name: _source_identity(shared.sources[name]) for name in stage["data"]},
     }
+    if stage["kind"] == "reward":  # trained to be read at the answer's end-of-sequence token (stages.reward):
+        inputs["reads_at"] = "eos"  # a reward model trained before that, at the template's last token, is redone
     gguf = gguf_models.source_of(shared.base_model["path"])
     if gguf:  # a base dequantised from a GGUF: its sha256 identifies the weights (the path alone does not)
         inputs["base_model_gguf"] = gguf
