@@ -1,4 +1,5 @@
-"""Verifiable rewards for GRPO and RLOO, computed by the very code that scores evaluation (finetune.squad).
+"""Verifiable rewards for GRPO and RLOO, computed by the very code that scores evaluation (finetune.squad),
+and how a trained reward model is read (`score` at the end-of-sequence token: finetune.stages.reward).
 
 A stage's `rewards:` names them with weights, e.g. `{squad_f1: 1.0, squad_em: 0.5, reward_model: 0.2}`;
 TRL's `reward_funcs` and `reward_weights` do the mixing. Each function has TRL's reward-function signature:
@@ -8,7 +9,12 @@ gold answers (a list of strings per row) that TRL passes through from the datase
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from finetune import squad
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 def completion_text(completion) -> str:
@@ -48,6 +54,46 @@ def length_penalty(prompts, completions, answers, **kwargs) -> list[float]:
     return out
 
 
+def end_at_eos(text: str, eos_token: str | None) -> str:
+    """`text` cut just after its last `eos_token` (unchanged when it has none, or there is no eos token).
+
+    For a conversation rendered by a chat template this drops what the template writes after the final turn's
+    end-of-sequence token (ChatML's newline after `<|im_end|>`), so the text ends where TRL's PPOTrainer ends a
+    sampled response (finetune.stages.reward's docstring).
+    """
+    if not eos_token:
+        return text
+    cut = text.rfind(eos_token)
+    return text if cut < 0 else text[:cut + len(eos_token)]
+
+
+def conversation_text(messages: list, tokenizer: PreTrainedTokenizerBase) -> str:
+    """A conversation as the reward model reads it: the chat template's text up to its last end-of-sequence
+    token."""
+    return end_at_eos(tokenizer.apply_chat_template(messages, tokenize=False), tokenizer.eos_token)
+
+
+def score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
+          batch_size: int = 32, add_special_tokens: bool = False) -> list[float]:
+    """Reward of each text (the classifier's single logit at the last non-pad token), in `texts` order.
+    `add_special_tokens`: True for plain-text pairs, as they were tokenised for training (`tokenized_pairs`).
+
+    Side effects: sets tokenizer.padding_side to "right" and puts the model in eval mode.
+    """
+    import torch
+
+    tokenizer.padding_side = "right"
+    out: list[float] = []
+    model.eval()
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True,
+                        add_special_tokens=add_special_tokens)
+        enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+        with torch.no_grad():
+            out += model(**enc).logits[:, 0].float().tolist()
+    return out
+
+
 class RewardModelReward:
     """A trained reward model as a TRL reward function, read where it was trained to be read.
 
@@ -64,8 +110,6 @@ class RewardModelReward:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
 
     def __call__(self, prompts, completions, **kwargs) -> list[float]:
-        from finetune.stages.reward import conversation_text, end_at_eos, score
-
         if prompts and isinstance(prompts[0], list):  # conversational: message lists
             texts = [conversation_text(p + c, self.tokenizer) for p, c in zip(prompts, completions, strict=True)]
             return score(self.model, self.tokenizer, texts, self.batch_size)

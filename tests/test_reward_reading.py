@@ -15,9 +15,9 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl.experimental.utils import get_reward
 
-from finetune.rewards import RewardModelReward
+from finetune.rewards import RewardModelReward, end_at_eos
 from finetune.stages.ppo import tokenize_prompts
-from finetune.stages.reward import end_at_eos, pair_texts, tokenized_pairs
+from finetune.stages.reward import pair_texts, tokenized_pairs
 
 PROMPT = [{"role": "user", "content": "Context: Mara has a pet cat. Hugo likes to eat rice.\n"
                                       "Question: What pet does Mara have?"}]

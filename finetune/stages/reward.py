@@ -10,7 +10,8 @@ of 16 held-out colour questions when read at `<|im_end|>`, and lose on 12 of 16 
 duly taught the policy the sentence.) So every pair is rendered (a conversation with its chat template, cut
 after its last end-of-sequence token: `end_at_eos`; plain text with the end-of-sequence token appended, as
 TRL does), tokenised here and handed to TRL as `chosen_ids` / `rejected_ids`. The pairwise accuracy, PPO and
-the `reward_model` reward of GRPO/RLOO (`finetune.rewards.RewardModelReward`) all read the model at that token.
+the `reward_model` reward of GRPO/RLOO (`finetune.rewards.RewardModelReward`) all read the model at that token
+(`finetune.rewards.score`).
 """
 
 from __future__ import annotations
@@ -20,30 +21,12 @@ from typing import TYPE_CHECKING
 
 from finetune import modeling
 from finetune.recipe_types import Shared, Stage
+from finetune.rewards import conversation_text, score
 from finetune.stages import common
 
 if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-
-def end_at_eos(text: str, eos_token: str | None) -> str:
-    """`text` cut just after its last `eos_token` (unchanged when it has none, or there is no eos token).
-
-    For a conversation rendered by a chat template this drops what the template writes after the final turn's
-    end-of-sequence token (ChatML's newline after `<|im_end|>`), so the text ends where TRL's PPOTrainer ends a
-    sampled response (module docstring).
-    """
-    if not eos_token:
-        return text
-    cut = text.rfind(eos_token)
-    return text if cut < 0 else text[:cut + len(eos_token)]
-
-
-def conversation_text(messages: list, tokenizer: PreTrainedTokenizerBase) -> str:
-    """A conversation as the reward model reads it: the chat template's text up to its last end-of-sequence
-    token."""
-    return end_at_eos(tokenizer.apply_chat_template(messages, tokenize=False), tokenizer.eos_token)
 
 
 def pair_texts(pairs: Dataset, tokenizer: PreTrainedTokenizerBase, kind: str) -> tuple[list[str], list[str]]:
@@ -72,27 +55,6 @@ def tokenized_pairs(pairs: Dataset | None, tokenizer: PreTrainedTokenizerBase, k
     if "margin" in pairs.column_names:
         columns["margin"] = pairs["margin"]
     return Dataset.from_dict(columns)
-
-
-def score(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: list[str],
-          batch_size: int = 32, add_special_tokens: bool = False) -> list[float]:
-    """Reward of each text (the classifier's single logit at the last non-pad token), in `texts` order.
-    `add_special_tokens`: True for plain-text pairs, as they were tokenised for training (`tokenized_pairs`).
-
-    Side effects: sets tokenizer.padding_side to "right" and puts the model in eval mode.
-    """
-    import torch
-
-    tokenizer.padding_side = "right"
-    out: list[float] = []
-    model.eval()
-    for i in range(0, len(texts), batch_size):
-        enc = tokenizer(texts[i:i + batch_size], return_tensors="pt", padding=True,
-                        add_special_tokens=add_special_tokens)
-        enc = {k: v.to(model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        with torch.no_grad():
-            out += model(**enc).logits[:, 0].float().tolist()
-    return out
 
 
 def pairwise_accuracy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pairs: Dataset, kind: str) -> dict:
