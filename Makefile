@@ -31,7 +31,7 @@ help:
 	@echo "make install   venv + pinned dependencies (torch first, then the package, editable)"
 	@echo "make test      the offline test suite"
 	@echo "make demo      build tiny models, run the tiny recipe end to end, print EM/F1"
-	@echo "make demo-spread  the demo over 5 seeds x 2 CPU kernel paths: min/median/max per target (~50 min)"
+	@echo "make demo-spread  the demo over 5 seeds x 2 CPU kernel paths: min/median/max per target (50-85 min)"
 	@echo "make lint      ruff"
 	@echo "make bench     benchmarks B1-B5 on CPU (about 25 min on a 2-core machine; --quick: 5 min)"
 	@echo "make bench-real  B7 evaluation throughput and B8 MFU on the real model (after make smollm2-135m-squad)"
