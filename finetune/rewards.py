@@ -67,6 +67,15 @@ def end_at_eos(text: str, eos_token: str | None) -> str:
     return text if cut < 0 else text[:cut + len(eos_token)]
 
 
+def with_eos(text: str, eos_token: str | None) -> str:
+    """Plain text as a reward model reads it: cut after its last `eos_token`, which is appended when absent
+    (as TRL's RewardTrainer appends it to plain-text pairs)."""
+    if not eos_token:
+        return text
+    cut = end_at_eos(text, eos_token)
+    return cut if cut.endswith(eos_token) else text + eos_token
+
+
 def conversation_text(messages: list, tokenizer: PreTrainedTokenizerBase) -> str:
     """A conversation as the reward model reads it: the chat template's text up to its last end-of-sequence
     token."""
@@ -113,9 +122,7 @@ class RewardModelReward:
         if prompts and isinstance(prompts[0], list):  # conversational: message lists
             texts = [conversation_text(p + c, self.tokenizer) for p, c in zip(prompts, completions, strict=True)]
             return score(self.model, self.tokenizer, texts, self.batch_size)
-        eos = self.tokenizer.eos_token or ""
-        texts = [end_at_eos(p + c, eos) if eos in c else p + c + eos
-                 for p, c in zip(prompts, completions, strict=True)]
+        texts = [with_eos(p + c, self.tokenizer.eos_token) for p, c in zip(prompts, completions, strict=True)]
         return score(self.model, self.tokenizer, texts, self.batch_size, add_special_tokens=True)
 
 

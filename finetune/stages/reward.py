@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from finetune import modeling
 from finetune.recipe_types import Shared, Stage
-from finetune.rewards import conversation_text, score
+from finetune.rewards import conversation_text, score, with_eos
 from finetune.stages import common
 
 if TYPE_CHECKING:
@@ -33,10 +33,9 @@ def pair_texts(pairs: Dataset, tokenizer: PreTrainedTokenizerBase, kind: str) ->
     """The full chosen / rejected texts a reward model is trained on and scores: prompt + answer + eos token
     for text pairs (as TRL appends it), the rendered conversation cut after its last eos token for chat pairs."""
     if kind == "text":
-        eos = tokenizer.eos_token or ""
-        with_eos = lambda t: t if t.endswith(eos) else t + eos  # noqa: E731
-        return ([with_eos(p + c) for p, c in zip(pairs["prompt"], pairs["chosen"], strict=True)],
-                [with_eos(p + r) for p, r in zip(pairs["prompt"], pairs["rejected"], strict=True)])
+        eos = tokenizer.eos_token
+        return ([with_eos(p + c, eos) for p, c in zip(pairs["prompt"], pairs["chosen"], strict=True)],
+                [with_eos(p + r, eos) for p, r in zip(pairs["prompt"], pairs["rejected"], strict=True)])
     return ([conversation_text(p + c, tokenizer) for p, c in zip(pairs["prompt"], pairs["chosen"], strict=True)],
             [conversation_text(p + r, tokenizer) for p, r in zip(pairs["prompt"], pairs["rejected"], strict=True)])
 
