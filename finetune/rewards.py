@@ -68,12 +68,11 @@ def end_at_eos(text: str, eos_token: str | None) -> str:
 
 
 def with_eos(text: str, eos_token: str | None) -> str:
-    """Plain text as a reward model reads it: cut after its last `eos_token`, which is appended when absent
-    (as TRL's RewardTrainer appends it to plain-text pairs)."""
-    if not eos_token:
+    """Plain text as a reward model reads it: ending with `eos_token`, appended unless already there (TRL's
+    RewardTrainer rule for plain-text pairs; an eos token inside the prompt is left alone)."""
+    if not eos_token or text.endswith(eos_token):
         return text
-    cut = end_at_eos(text, eos_token)
-    return cut if cut.endswith(eos_token) else text + eos_token
+    return text + eos_token
 
 
 def conversation_text(messages: list, tokenizer: PreTrainedTokenizerBase) -> str:
