@@ -2,7 +2,7 @@
 
 TRL 1.12's `PolicyAndValueWrapper` (the module PPOTrainer trains) passes `gradient_checkpointing_enable` to the
 policy only, so the value model, trained in full, kept every layer's activations for its backward pass; on
-SmolLM2-135M with 8 prompts of about 700 tokens the PPO stage grew past 24 GB and was killed for memory.
+SmolLM2-135M with 8 prompts of about 700 tokens the PPO stage was killed for memory on a 24 GB machine.
 `finetune.stages.ppo.checkpoint_value_model` turns it on there too. Counted here: the bytes autograd saves for
 the backward pass during the value model's forward, before and after, on the tiny model.
 """

@@ -55,7 +55,7 @@ def checkpoint_value_model(value_model: PreTrainedModel, args) -> None:
     TRL's PPOTrainer wraps policy and value model in one module whose `gradient_checkpointing_enable` reaches
     the policy only (trl 1.12, `PolicyAndValueWrapper`), so the value model, trained in full, kept every
     layer's activations for its backward pass: SmolLM2-135M's PPO stage on its 8 longest XQuAD prompts (about
-    700 tokens) was killed for memory at 24 GB without this, and peaked at 20.7 GB with it.
+    700 tokens) was killed for memory on a 24 GB machine without this, and peaked at 20.2 GB with it.
     tests/test_value_checkpointing.py counts what autograd keeps: 11x less in the value model's forward.
     """
     value_model.activation_checkpointing_enable(
