@@ -45,13 +45,19 @@ def _source_identity(src: dict) -> dict:
 # Recipe keys added after runs existed, left out of the fingerprint while unset: adding a key to the schema
 # must not turn every finished run into "run with other inputs".
 LATER_KEYS = {"base_model": ("training_chat_template", "gguf_file"),
-              "stage": ("rewards", "teacher", "student", "watch", "sample_pairs", "peft.num_virtual_tokens",
+              "stage": ("rewards", "teacher", "student", "watch", "sample_pairs", "value_model", "peft.num_virtual_tokens",
                         "peft.init_text", "peft.encoder_hidden_size")}
 
 
+# Later keys whose value here is what every run did before the key existed: left out at that value too.
+EARLIER_BEHAVIOUR = {"value_model": "full"}
+
+
 def _without_unset(section: dict, later: tuple[str, ...]) -> dict:
-    """`section` without the keys of `later` that are unset (None); "peft.init_text" names a nested key."""
-    out = {k: v for k, v in section.items() if not (k in later and v is None)}
+    """`section` without the keys of `later` that are unset (None) or at their EARLIER_BEHAVIOUR value;
+    "peft.init_text" names a nested key."""
+    out = {k: v for k, v in section.items()
+           if not (k in later and (v is None or (k in EARLIER_BEHAVIOUR and v == EARLIER_BEHAVIOUR[k])))}
     for key in later:
         outer, _, inner = key.partition(".")
         if inner and isinstance(out.get(outer), dict) and out[outer].get(inner, 0) is None:

@@ -346,6 +346,7 @@ def _check_stage(stage: dict, key: str, recipe: dict, seen_names: set[str], file
     _check_train_block(stage["kind"], stage["train"], f"{key}.train", file)
     _check_rewards(stage, key, file)
     _check_peft(stage, key, file)
+    _check_value_model(stage, key, file)
     _check_distill(stage, key, file)
     _check_watch(stage, recipe["eval"], key, file)
     _check_sample_pairs(stage, key, file)
@@ -491,6 +492,18 @@ def _check_peft(stage: dict, key: str, file: str) -> None:
     if prompt_learning and stage["kind"] != "sft":
         raise UserError(f"{file}: {key}.peft.method: {peft['method']} trains a soft prompt in sft stages only "
                         f"(TRL's {stage['kind']} trainer does not run it); use lora here")
+
+
+def _check_value_model(stage: dict, key: str, file: str) -> None:
+    """`value_model:` on ppo stages only; there its default is filled in: lora when the stage's `peft` is
+    LoRA-family (the value model then trains an adapter too, not its 135M weights), else full."""
+    if stage["kind"] != "ppo":
+        if stage["value_model"] is not None:
+            raise UserError(f"{file}: {key}.value_model: only ppo stages train a value model")
+        return
+    if stage["value_model"] is None:
+        lora = bool(stage["peft"]) and stage["peft"]["method"] in schema.LORA_METHODS
+        stage["value_model"] = "lora" if lora else "full"
 
 
 def _check_distill(stage: dict, key: str, file: str) -> None:

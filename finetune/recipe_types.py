@@ -107,6 +107,7 @@ Stage = TypedDict("Stage", {
     "rewards": dict[str, int | float] | None,
     "watch": Watch | None,
     "sample_pairs": SamplePairs | None,
+    "value_model": str | None,
     "eval_split": int | float,
     "max_rows": int | None,
     "loss": str,

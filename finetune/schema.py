@@ -149,6 +149,10 @@ STAGE = Section({
     "from": Key((str,), None, "earlier stage whose output this one starts from; default: the latest earlier "
                 "policy stage (sft/dpo/ppo/rloo/grpo/kto/distill), or the base model for an sft stage"),
     "reward_model": Key((str,), None, "reward stage scoring ppo/rloo/grpo rollouts; default: the latest earlier one"),
+    "value_model": Key((str,), None, "ppo: how the value model (a copy of the reward model) trains: lora = a "
+                       "LoRA adapter (the stage's LoRA `peft`, else r 16) plus the score head; full = every weight, "
+                       "as TRL does; default: lora when the stage's `peft` is LoRA-family, else full",
+                       ("lora", "full")),
     "teacher": Key((str,), None, "distill: the teacher, an earlier policy stage's name or a model folder "
                                  "(or .gguf file); it must share the student's vocabulary"),
     "student": Key((str,), None, "distill: a model folder, hub id or .gguf file the student starts from instead "

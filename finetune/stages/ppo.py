@@ -62,6 +62,30 @@ def checkpoint_value_model(value_model: PreTrainedModel, args) -> None:
         activation_checkpointing_kwargs=dict(args.activation_checkpointing_kwargs or {}) or None)
 
 
+# The value model's adapter when the stage's own `peft` is not LoRA-family (schema.PEFT's defaults, no dropout:
+# TRL turns dropout off in the value model anyway).
+VALUE_LORA = {"method": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear",
+              "modules_to_save": None}
+
+
+def lora_value_model(value_model: PreTrainedModel, peft: dict | None) -> PreTrainedModel:
+    """Train the value model through a LoRA adapter plus its score head, instead of every weight.
+
+    TRL's PPOTrainer trains the value model (a copy of the reward model, AutoModelForSequenceClassification)
+    in full: for SmolLM2-135M that is 134.5M parameters beside the policy's 4.9M of LoRA, about 2.2 GB of
+    fp32 weights, gradients and AdamW moments. Here peft injects LoRA layers in place (task SEQ_CLS: every
+    linear but the score head, which trains in full as a modules_to_save copy); what is returned is the
+    transformers model itself, since TRL reaches into it (`base_model_prefix`, `.score`). `peft` is the stage's
+    block when it is LoRA-family, else VALUE_LORA is used. The value model starts as the reward model either way.
+    """
+    from peft import get_peft_model
+
+    from finetune.schema import LORA_METHODS
+
+    block = {**peft, "modules_to_save": None} if peft and peft["method"] in LORA_METHODS else VALUE_LORA
+    return get_peft_model(value_model, modeling.peft_config(block, task_type="SEQ_CLS")).base_model.model
+
+
 def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) -> dict:
     """Train one PPO stage; returns what the manifest records (artifact, data, metrics, and `ppo`: the first
     and last logged reward score and KL).
@@ -87,10 +111,14 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
     policy, source = common.load_policy(shared.base_model, stage, init, args.gradient_checkpointing)
     reward_model, _ = load_reward_model(reward_dir, shared.base_model, tokenizer)
     value_model, _ = load_reward_model(reward_dir, shared.base_model, tokenizer)
+    if stage["value_model"] == "lora":
+        value_model = lora_value_model(value_model, stage["peft"])
     if args.gradient_checkpointing:
         checkpoint_value_model(value_model, args)
     peft = modeling.peft_config(stage["peft"]) if stage["peft"] else None
-    log(f"policy from {source}; reward and value models from {reward_dir}")
+    value_params = modeling.count_parameters(value_model)
+    log(f"policy from {source}; reward and value models from {reward_dir}; value model trains "
+        f"{value_params['trainable']:,} of {value_params['total']:,} parameters ({stage['value_model']})")
     trainer = common.build_trainer(PPOTrainer, stage, args=args, processing_class=tokenizer, model=policy,
                                    ref_model=None, reward_model=reward_model, train_dataset=train,
                                    value_model=value_model, eval_dataset=evald, peft_config=peft)
@@ -106,4 +134,5 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
         log(f"reward {summary['first']['objective/scores']:+.3f} -> {summary['last']['objective/scores']:+.3f}, "
             f"KL {summary['last']['objective/kl']:.4f}")
     return common.record(trainer, None, args, stage, data, tokenizer, stage_dir / "model", source,
-                         peft is not None, ppo=summary)
+                         peft is not None, ppo=summary,
+                         value_model={"train": stage["value_model"], **value_params})
