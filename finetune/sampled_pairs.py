@@ -32,30 +32,36 @@ def sample(
     temperature: float,
     seed: int,
     batch_size: int = 8,
+    share_prefill: bool = True,
 ) -> list[list[str]]:
     """`k` sampled answers (text before the first newline, stripped) for each prompt (chat turns or text).
 
-    Left-padded batches through `model.generate(do_sample=True, num_return_sequences=k)`; seeded with
-    `seed`, so a rerun on the same machine samples the same answers (and every rank of a CPU job the same).
+    Left-padded batches of `batch_size` prompts through `model.generate(do_sample=True)`, each prompt read once
+    and continued k times (`shared_prefill`; `share_prefill=False` copies it k times first, as
+    `num_return_sequences=k` does: benchmark B9 compares the two); seeded with `seed`, so a rerun on the same
+    machine samples the same answers (and every rank of a CPU job the same).
     Side effect, undone on return: sets tokenizer.padding_side to "left" while sampling and restores the
     previous value afterwards (also when sampling fails).
     """
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:
-        return _sample_batches(model, tokenizer, prompts, k, max_new_tokens, temperature, seed, batch_size)
+        return _sample_batches(model, tokenizer, prompts, k, max_new_tokens, temperature, seed, batch_size,
+                               share_prefill)
     finally:
         tokenizer.padding_side = side
 
 
-def _sample_batches(model, tokenizer, prompts, k, max_new_tokens, temperature, seed, batch_size):
+def _sample_batches(model, tokenizer, prompts, k, max_new_tokens, temperature, seed, batch_size, share_prefill):
     import torch
+    from tqdm.auto import tqdm
 
     from finetune.evaluation import stop_token_ids
 
     eos = stop_token_ids(model, tokenizer)
     torch.manual_seed(seed)
     out: list[list[str]] = []
-    for start in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="sampling answers", unit="batch", disable=len(starts) < 2):
         batch = prompts[start : start + batch_size]
         chat = not isinstance(batch[0], str)
         texts = [
@@ -63,20 +69,20 @@ def _sample_batches(model, tokenizer, prompts, k, max_new_tokens, temperature, s
             for p in batch
         ]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
-        enc = {key: v.to(model.device) for key, v in enc.items() if key in ("input_ids", "attention_mask")}
+        ids, mask = enc["input_ids"].to(model.device), enc["attention_mask"].to(model.device)
         with torch.no_grad():
             gen = model.generate(
-                **enc,
+                **(shared_prefill(model, ids, mask, k) if share_prefill
+                   else {"input_ids": ids, "attention_mask": mask, "num_return_sequences": k}),
                 do_sample=True,
                 temperature=temperature,
                 top_p=1.0,
                 top_k=0,
-                num_return_sequences=k,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=eos,
             )
-        rows = gen[:, enc["input_ids"].shape[1] :].tolist()
+        rows = gen[:, ids.shape[1] :].tolist()
         for i in range(len(batch)):
             answers = []
             for row in rows[i * k : (i + 1) * k]:
@@ -85,6 +91,29 @@ def _sample_batches(model, tokenizer, prompts, k, max_new_tokens, temperature, s
                 answers.append(rewards.completion_text(text))
             out.append(answers)
     return out
+
+
+def shared_prefill(model: PreTrainedModel, ids, mask, k: int) -> dict:
+    """`generate()` inputs that continue each prompt `k` times while reading the prompt once.
+
+    `num_return_sequences=k` copies every prompt k times before the forward pass over it (the prefill), so
+    a 500-token XQuAD prompt was read 4 times to sample 4 answers of at most 32 tokens. Here the prompt's first
+    L-1 tokens are read once, their key/value cache is repeated k times (transformers'
+    `Cache.batch_repeat_interleave`, what beam search uses), and generation goes on from the last prompt token,
+    whose logits `generate()` computes itself. Positions follow `generate()`'s own rule for left-padded rows
+    (cumulative sum of the mask, less one). Shapes: `ids`, `mask` (B, L), left-padded -> input_ids and
+    attention_mask (B*k, L), each prompt's k copies adjacent (as `num_return_sequences` orders them), and
+    past_key_values of B*k rows and L-1 positions. A one-token prompt has nothing to share: it is copied k
+    times as before.
+    """
+    if ids.shape[1] < 2:
+        return {"input_ids": ids.repeat_interleave(k, 0), "attention_mask": mask.repeat_interleave(k, 0)}
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                  use_cache=True).past_key_values
+    cache.batch_repeat_interleave(k)
+    return {"input_ids": ids.repeat_interleave(k, 0), "attention_mask": mask.repeat_interleave(k, 0),
+            "past_key_values": cache}
 
 
 def pairs_from_samples(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 from conftest import DATA, REPO
 
@@ -254,3 +255,38 @@ def test_a_length_biased_reward_model_trips_the_alarms_and_a_clean_one_does_not(
         assert points[-1][2] > points[0][2] or points[-1][1] < points[0][1], f"nothing exploited: {points}"
     else:
         assert alarms == set(), (record["alarms"], points)
+
+
+def test_shared_prefill_samples_as_copying_the_prompt_does_and_reads_it_once(tiny_llama):
+    """`sample_pairs` reads each prompt once for its k answers (finetune.sampled_pairs.shared_prefill) instead of
+    k times (`num_return_sequences`): the same continuations, greedily, on left-padded prompts of two lengths,
+    the same logits at every step, and the prompt tokens forwarded once."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune.sampled_pairs import shared_prefill
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama)
+    tokenizer.padding_side = "left"
+    enc = tokenizer(["Context: Viggo works as a painter in Oslo. Question: What does Viggo do?", "Question: Who?"],
+                    return_tensors="pt", padding=True)
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    assert mask[1, 0] == 0 and mask[0].all()  # the short prompt is left-padded
+    forwarded = []
+    model.model.register_forward_hook(lambda module, args, kwargs, out: forwarded.append(kwargs["input_ids"].numel()),
+                                      with_kwargs=True)
+    k, settings = 3, {"do_sample": False, "max_new_tokens": 6, "output_scores": True,
+                      "return_dict_in_generate": True, "pad_token_id": tokenizer.pad_token_id}
+    with torch.no_grad():
+        # what num_return_sequences=k does (transformers' _expand_inputs_for_generation), here greedily
+        copied = model.generate(input_ids=ids.repeat_interleave(k, 0), attention_mask=mask.repeat_interleave(k, 0),
+                                **settings)
+        copied_first = forwarded[0]
+        forwarded.clear()
+        shared = model.generate(**shared_prefill(model, ids, mask, k), **settings)
+    assert torch.equal(shared.sequences, copied.sequences)
+    for step, (a, b) in enumerate(zip(shared.scores, copied.scores, strict=True)):
+        assert torch.allclose(a, b, atol=1e-4), (step, (a - b).abs().max())
+    batch, length = ids.shape
+    assert copied_first == batch * k * length  # every prompt read k times
+    assert forwarded[:2] == [batch * (length - 1), batch * k]  # read once, then k copies of its last token
