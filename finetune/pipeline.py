@@ -45,8 +45,8 @@ def _source_identity(src: dict) -> dict:
 # Recipe keys added after runs existed, left out of the fingerprint while unset: adding a key to the schema
 # must not turn every finished run into "run with other inputs".
 LATER_KEYS = {"base_model": ("training_chat_template", "gguf_file"),
-              "stage": ("rewards", "teacher", "student", "watch", "sample_pairs", "value_model", "peft.num_virtual_tokens",
-                        "peft.init_text", "peft.encoder_hidden_size")}
+              "stage": ("rewards", "teacher", "student", "watch", "sample_pairs", "value_model",
+                        "peft.num_virtual_tokens", "peft.init_text", "peft.encoder_hidden_size")}
 
 
 # Later keys whose value here is what every run did before the key existed: left out at that value too.
