@@ -27,7 +27,8 @@ LAYERS = [
                 "stages.kto", "stages.distill"}),
     ("pipeline and report", {"pipeline", "report"}),
     ("commands", {"cli", "chat", "targets", "demo", "__main__", "bench.__main__", "bench.demo_spread",
-                  "bench.memory", "bench.overhead", "bench.packing", "bench.startup", "bench.eval_real", "bench.mfu"}),
+                  "bench.memory", "bench.overhead", "bench.packing", "bench.startup", "bench.eval_real", "bench.mfu",
+                  "bench.sample_pairs"}),
 ]
 LAYER_OF = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
 
