@@ -4,8 +4,9 @@ forward pass (`num_return_sequences=k`, as before), alternated in one process (A
 
 Reports prompts/s (median over rounds) and the speed-up, and, since the two compute the prompt in different
 chunks (so a draw may differ where probabilities differ in the last bits), what the pairs are made of in each:
-the mean SQuAD F1 of all sampled answers and the share of prompts that give a pair. Then a greedy check on the first `--check` prompts: the shared prefill's continuations against the
-copied prompts' (identical unless two tokens tie within float noise).
+the mean SQuAD F1 of all sampled answers and the share of prompts that give a pair. Then a greedy check on
+the first `--check` prompts: the shared prefill's continuations against the copied prompts' (identical unless
+two tokens tie within float noise).
 
     .venv/bin/python -m finetune.bench.sample_pairs --model runs/smollm2-135m-squad/sft --prompts 32 --rounds 2
 """
