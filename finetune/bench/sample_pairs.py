@@ -23,7 +23,8 @@ PROMPTS = "recipes/realdata/xquad/train_prompts.jsonl"
 
 def main(argv: list[str] | None = None) -> None:
     """B9: sample `--k` answers for `--prompts` training prompts both ways for `--rounds` rounds; print
-    prompts/s, speed-up, mean F1 and pair share per variant, and the greedy identity check."""
+    prompts/s, speed-up, mean F1 and pair share per variant, and the greedy identity check. Side effect: sets
+    the loaded tokenizer's padding_side to "left" for the greedy check (its prompts are left-padded)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="runs/smollm2-135m-squad/sft",
                         help="a model, adapter or stage folder (what finetune eval takes)")
