@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from finetune import modeling
 from finetune.data import stage_data
 from finetune.recipe_types import Shared, Stage
+from finetune.schema import LORA_METHODS, PEFT
 from finetune.stages import common
 
 if TYPE_CHECKING:
@@ -62,10 +63,10 @@ def checkpoint_value_model(value_model: PreTrainedModel, args) -> None:
         activation_checkpointing_kwargs=dict(args.activation_checkpointing_kwargs or {}) or None)
 
 
-# The value model's adapter when the stage's own `peft` is not LoRA-family (schema.PEFT's defaults, no dropout:
-# TRL turns dropout off in the value model anyway).
-VALUE_LORA = {"method": "lora", "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear",
-              "modules_to_save": None}
+# The value model's adapter when the stage's own `peft` is not LoRA-family: schema.PEFT's LoRA defaults, no
+# dropout (TRL turns dropout off in the value model anyway).
+VALUE_LORA = {**{name: key.default for name, key in PEFT.keys.items() if name in
+                 ("method", "r", "alpha", "target_modules", "modules_to_save")}, "dropout": 0.0}
 
 
 def lora_value_model(value_model: PreTrainedModel, peft: dict | None) -> PreTrainedModel:
@@ -79,8 +80,6 @@ def lora_value_model(value_model: PreTrainedModel, peft: dict | None) -> PreTrai
     block when it is LoRA-family, else VALUE_LORA is used. The value model starts as the reward model either way.
     """
     from peft import get_peft_model
-
-    from finetune.schema import LORA_METHODS
 
     block = {**peft, "modules_to_save": None} if peft and peft["method"] in LORA_METHODS else VALUE_LORA
     return get_peft_model(value_model, modeling.peft_config(block, task_type="SEQ_CLS")).base_model.model
