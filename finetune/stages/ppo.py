@@ -65,8 +65,8 @@ def checkpoint_value_model(value_model: PreTrainedModel, args) -> None:
 
 # The value model's adapter when the stage's own `peft` is not LoRA-family: schema.PEFT's LoRA defaults, no
 # dropout (TRL turns dropout off in the value model anyway).
-VALUE_LORA = {**{name: key.default for name, key in PEFT.keys.items() if name in
-                 ("method", "r", "alpha", "target_modules", "modules_to_save")}, "dropout": 0.0}
+VALUE_LORA = {**{name: PEFT.keys[name].default for name in ("method", "r", "alpha", "target_modules")},
+              "dropout": 0.0, "modules_to_save": None}
 
 
 def lora_value_model(value_model: PreTrainedModel, peft: dict | None) -> PreTrainedModel:
