@@ -1,21 +1,25 @@
-"""PPO's value model trains with activation checkpointing when the stage asks for it.
+"""PPO's policy and value model train with activation checkpointing when the stage asks for it.
 
-TRL 1.12's `PolicyAndValueWrapper` (the module PPOTrainer trains) passes `gradient_checkpointing_enable` to the
-policy only, so the value model, trained in full, kept every layer's activations for its backward pass; on
-SmolLM2-135M with 8 prompts of about 700 tokens the PPO stage was killed for memory on a 24 GB machine.
-`finetune.stages.ppo.checkpoint_value_model` turns it on there too. Counted here: the bytes autograd saves for
-the backward pass during the value model's forward, before and after, on the tiny model.
+transformers 5 turns checkpointing on in `Trainer.train`, which TRL 1.12's PPOTrainer replaces with its own
+loop, so neither model was checkpointed (and `PolicyAndValueWrapper.gradient_checkpointing_enable` reaches the
+policy only); on SmolLM2-135M with 8 prompts of about 700 tokens the PPO stage was killed for memory on a 24 GB
+machine. `finetune.stages.ppo.checkpoint_models` turns it on in both. Counted here: the bytes autograd saves for
+the backward pass during each model's forward, before and after, on the tiny model; and which models a real
+PPO stage has checkpointed when its training loop starts.
 """
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
+from test_stages import recipe_with, reward_stage, run
+from test_value_lora import _ppo
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-from trl.experimental.ppo.ppo_trainer import PolicyAndValueWrapper
+from trl.experimental.ppo.ppo_trainer import PolicyAndValueWrapper, PPOTrainer
 
-from finetune.stages.ppo import checkpoint_value_model
+from finetune.stages.ppo import checkpoint_models
 
 
 def saved_for_backward(forward) -> int:
@@ -32,30 +36,47 @@ def saved_for_backward(forward) -> int:
     return total
 
 
-def test_value_model_keeps_only_layer_inputs_once_checkpointed(tiny_llama):
+def test_policy_and_value_model_keep_only_layer_inputs_once_checkpointed(tiny_llama):
     torch.manual_seed(0)
     policy = AutoModelForCausalLM.from_pretrained(tiny_llama)
     value = AutoModelForSequenceClassification.from_pretrained(tiny_llama, num_labels=1)
-    wrapper = PolicyAndValueWrapper(policy, value)
-    kwargs = {"use_reentrant": False}
-    wrapper.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)  # as the Trainer calls it
-    wrapper.train()
+    wrapper = PolicyAndValueWrapper(policy, value).train()
     ids = torch.randint(3, policy.config.vocab_size, (4, 96))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "output_hidden_states": True}
     critic = lambda: wrapper.critic_backbone(**batch)  # noqa: E731  (what PPO's value forward runs)
+    actor = lambda: wrapper.policy(**batch)  # noqa: E731  (what PPO's policy forward runs)
     layer_inputs = value.config.num_hidden_layers * ids.numel() * value.config.hidden_size * 4
 
-    before = saved_for_backward(critic)
-    assert policy.is_gradient_checkpointing and not value.is_gradient_checkpointing  # TRL's gap, still there
-    checkpoint_value_model(value, SimpleNamespace(activation_checkpointing_kwargs=kwargs))
-    after = saved_for_backward(critic)
+    before = {"value": saved_for_backward(critic), "policy": saved_for_backward(actor)}
+    assert not policy.is_gradient_checkpointing and not value.is_gradient_checkpointing
+    checkpoint_models(policy, value, SimpleNamespace(activation_checkpointing_kwargs={"use_reentrant": False}))
+    after = {"value": saved_for_backward(critic), "policy": saved_for_backward(actor)}
 
-    assert value.is_gradient_checkpointing
+    assert policy.is_gradient_checkpointing and value.is_gradient_checkpointing
     # byte counts follow from shapes alone, so these bounds hold on any CPU. Measured on the tiny model (2 layers,
-    # 4 x 96 tokens): 10.9 MB before, 0.99 MB after, 0.39 MB of layer inputs; the rest is the embedding
-    # output, the final norm's input and the score head's.
-    assert after < 3 * layer_inputs, (after, layer_inputs)
-    assert before > 5 * after, (before, after)
-    # the policy was checkpointed by TRL's wrapper already: with its logits, it still keeps less than the
-    # value model did unchecked
-    assert saved_for_backward(lambda: policy(**batch)) < before
+    # 4 x 96 tokens): the value model 10.9 MB before, 0.99 MB after, 0.39 MB of layer inputs; the rest is the
+    # embedding output, the final norm's input and the score head's.
+    assert after["value"] < 3 * layer_inputs, (after, layer_inputs)
+    assert before["value"] > 5 * after["value"], (before, after)
+    # the policy keeps its logits (4 x 96 x the vocabulary) either way; the layers' share goes
+    assert before["policy"] - after["policy"] > before["value"] - 3 * layer_inputs, (before, after)
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_ppo_stage_checkpoints_policy_and_value_model_as_the_recipe_says(tiny_llama, write_recipe, tmp_path,
+                                                                         monkeypatch, checkpointing):
+    # transformers 5 turns activation checkpointing on in Trainer.train, which TRL's PPOTrainer replaces with its
+    # own loop: the stage has to do it, for the policy as well as the value model
+    seen = {}
+    original = PPOTrainer.train
+
+    def train(self):
+        seen["policy"] = self.model.policy.is_gradient_checkpointing
+        seen["value"] = self.model.value_model.is_gradient_checkpointing
+        return original(self)
+
+    monkeypatch.setattr(PPOTrainer, "train", train)
+    stage = _ppo()
+    stage["train"] = {**stage["train"], "gradient_checkpointing": checkpointing}
+    run(recipe_with(tiny_llama, reward_stage(), stage), write_recipe, tmp_path)
+    assert seen == {"policy": checkpointing, "value": checkpointing}

@@ -50,17 +50,21 @@ def config(shared: Shared, stage: Stage, data: dict, stage_dir: Path, init: dict
                                sft_model_path=start, reward_model_path=(init or {}).get("reward_model") or start)
 
 
-def checkpoint_value_model(value_model: PreTrainedModel, args) -> None:
-    """Turn on activation checkpointing in the value model, with the stage's checkpointing settings.
+def checkpoint_models(policy: PreTrainedModel, value_model: PreTrainedModel, args) -> None:
+    """Turn on activation checkpointing in the policy and the value model, with the stage's checkpointing settings.
 
-    TRL's PPOTrainer wraps policy and value model in one module whose `gradient_checkpointing_enable` reaches
-    the policy only (trl 1.12, `PolicyAndValueWrapper`), so the value model, trained in full, kept every
-    layer's activations for its backward pass: SmolLM2-135M's PPO stage on its 8 longest XQuAD prompts (about
-    700 tokens) was killed for memory on a 24 GB machine without this, and peaked at 20.2 GB with it.
-    tests/test_value_checkpointing.py counts what autograd keeps: 11x less in the value model's forward.
+    transformers 5 turns checkpointing on inside `Trainer.train` (`args.activation_checkpointing`), and TRL's
+    PPOTrainer (trl 1.12) replaces that method with its own loop, so neither model was checkpointed: each layer
+    kept its activations for the backward pass. On SmolLM2-135M with its longest XQuAD prompts (about 700 tokens)
+    that cost about 2.3 GB per episode in a micro-batch for the policy alone; the value model, trained in full,
+    got the stage killed for memory on a 24 GB machine. `PolicyAndValueWrapper.gradient_checkpointing_enable`
+    would reach the policy only. tests/test_value_checkpointing.py counts what autograd keeps (11x less in the
+    value model's forward) and checks both models are checkpointed when the stage asks for it.
+    Side effect: sets the checkpointing flags on both models' layers.
     """
-    value_model.activation_checkpointing_enable(
-        activation_checkpointing_kwargs=dict(args.activation_checkpointing_kwargs or {}) or None)
+    kwargs = dict(args.activation_checkpointing_kwargs or {}) or None
+    for model in (policy, value_model):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
 
 
 # The value model's adapter when the stage's own `peft` is not LoRA-family: schema.PEFT's LoRA defaults, no
@@ -113,7 +117,7 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
     if stage["value_model"] == "lora":
         value_model = lora_value_model(value_model, stage["peft"])
     if args.gradient_checkpointing:
-        checkpoint_value_model(value_model, args)
+        checkpoint_models(policy, value_model, args)
     peft = modeling.peft_config(stage["peft"]) if stage["peft"] else None
     value_params = modeling.count_parameters(value_model)
     log(f"policy from {source}; reward and value models from {reward_dir}; value model trains "
