@@ -103,17 +103,17 @@ def shared_prefill(model: PreTrainedModel, ids, mask, k: int) -> dict:
     whose logits `generate()` computes itself. Positions follow `generate()`'s own rule for left-padded rows
     (cumulative sum of the mask, less one). Shapes: `ids`, `mask` (B, L), left-padded -> input_ids and
     attention_mask (B*k, L), each prompt's k copies adjacent (as `num_return_sequences` orders them), and
-    past_key_values of B*k rows and L-1 positions. A one-token prompt has nothing to share: it is copied k
+    a key/value `cache` of B*k rows and L-1 positions. A one-token prompt has nothing to share: it is copied k
     times as before.
     """
     if ids.shape[1] < 2:
         return {"input_ids": ids.repeat_interleave(k, 0), "attention_mask": mask.repeat_interleave(k, 0)}
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
     cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
-                  use_cache=True).past_key_values
+                  use_cache=True).cache
     cache.batch_repeat_interleave(k)
     return {"input_ids": ids.repeat_interleave(k, 0), "attention_mask": mask.repeat_interleave(k, 0),
-            "past_key_values": cache}
+            "cache": cache}
 
 
 def pairs_from_samples(
