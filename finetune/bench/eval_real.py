@@ -67,8 +67,13 @@ def main(argv: list[str] | None = None) -> None:
 
     (_, model_dir, manifest), *_ = targets(args.model)
     fp32, tokenizer = load_for_eval(model_dir, manifest)
-    bf16 = copy.deepcopy(fp32)
-    precision.cast_for_generation(bf16, "bfloat16")
+    hardware = precision.detect()
+    bf16 = None
+    if hardware.cpu_bf16 or hardware.cuda_bf16:
+        bf16 = copy.deepcopy(fp32)
+        precision.cast_for_generation(bf16, "bfloat16")
+    else:
+        print(f"B7: no bf16 variant: {hardware.cpu_reason}")
     task = load_task(args.task)
     rows = task_rows(task, args.questions)
     prompts = build_prompts(task, rows, tokenizer)
@@ -79,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         "bf16, grouped by length": (bf16, True, False),
         PREFILL: (fp32, True, False),
     }
+    if bf16 is None:
+        del variants["bf16, grouped by length"]
     times: dict[str, list[float]] = {name: [] for name in variants}
     outputs, waste, prefilled = {}, {}, {}
     for _ in range(args.rounds):
@@ -172,13 +179,14 @@ def main(argv: list[str] | None = None) -> None:
     differ = sum(
         a != b
         for a, b in zip(outputs["fp32, grouped by length"], outputs["bf16, grouped by length"], strict=True)
-    )
+    ) if bf16 is not None else None
     report.update(fp32_identical=same, fp32_shared_identical=same_shared, bf16_answers_differing=differ)
     print(f"  fp32 predictions identical with and without grouping: {same}")
     tokens, whole = prefilled[SHARED]
     print(f"  fp32 predictions identical with shared contexts read once: {same_shared} ({tokens} of {whole} prompt "
           f"tokens run through the model, padding included)")
-    print(f"  bf16 answers that differ from fp32's: {differ} of {len(rows)}")
+    if differ is not None:
+        print(f"  bf16 answers that differ from fp32's: {differ} of {len(rows)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
