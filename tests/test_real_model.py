@@ -111,9 +111,10 @@ def test_real_model_learns_real_rows_and_answers_real_questions(variant, smollm2
 
 @pytest.mark.numerics
 def test_real_questions_on_one_paragraph_read_it_once_and_answer_as_if_read_whole(smollm2, monkeypatch):
-    """The first 12 held-out XQuAD-en questions ask about 3 paragraphs (2, 5 and 5 questions): the real model, its chat template and
-    its 49k tokenizer read each paragraph once (evaluation.generate's default) and answer exactly as when every
-    prompt is read whole, while running under 40% of the prompt tokens through the model.
+    """The first 12 held-out XQuAD-en questions ask about 3 paragraphs (2, 5 and 5 questions): the real model,
+    its chat template and its 49k tokenizer read each paragraph once (evaluation.generate's default) and
+    answer exactly as when every prompt is read whole, while running under 40% of the prompt tokens through
+    the model.
 
     Along these greedy paths the logits of the two readings differ by 5.5e-5 at most, against a smallest
     top-1/top-2 gap of 0.019 in the 8 steps generated here (measured on the AVX2 and plain kernel paths,
