@@ -565,6 +565,7 @@ def _run_stage(recipe: Recipe, stage: Stage, init: dict, stage_dir: Path, fp: st
     # initial weights come from the global RNG, which earlier stages in this process have moved. Seeded here,
     # a stage gives the same result in a full run, with --only, or rerun alone in a fresh process.
     set_seed(recipe["seed"])
+    carried = mf.release_freed_memory()  # the last stage's freed model and heap, before this one is measured
     started = time.time()
     with mf.PeakMemory() as memory:
         out = runner(Shared.of(recipe), stage, init, stage_dir, log=lambda m: log(f"{stage['name']}: {m}"))
@@ -576,7 +577,7 @@ def _run_stage(recipe: Recipe, stage: Stage, init: dict, stage_dir: Path, fp: st
         "packages": mf.package_versions(), "git_commit": mf.git_commit(), "host": mf.host_summary(),
         "timings": {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
                     "seconds": round(time.time() - started, 2)},
-        "memory": memory.result(),
+        "memory": {**memory.result(), "rss_at_start_mb": carried["rss_after_mb"]},
         "base_model_gguf": gguf_models.source_of(recipe["base_model"]["path"]),  # GGUF name and sha256, if any
     }
     if _is_main_process():
