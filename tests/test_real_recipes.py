@@ -78,3 +78,20 @@ def test_real_recipe_runs_on_a_tiny_model_of_its_architecture(name, request, tmp
     assert saved == served.read_text(), "the SFT model must be saved with the template it is served with"
     assert results["dpo"]["init"]["stage"] == "sft" and results["ppo"]["init"]["reward_model"]
     assert (tmp_path / "run" / "eval" / "results.md").exists()
+
+
+def test_the_sft_benchmark_variants_are_settings_of_the_real_recipe():
+    """B10 (finetune.bench.sft_real) trains the real recipe's SFT stage with its variants' overrides: each
+    resolves on the recipe as committed and sets the data, batch, packing and precision its name says."""
+    from finetune.bench.sft_real import RECIPE, VARIANTS
+
+    for name, overrides in VARIANTS.items():
+        sft = next(s for s in load_recipe(REPO / RECIPE, overrides)["stages"] if s["name"] == "sft")
+        train = sft["train"]
+        if name == "recipe":
+            assert overrides == [] and list(sft["data"]) == ["paragraphs"]
+            continue
+        precision, layout = name.split("_")
+        assert list(sft["data"]) == ["squad"] and train["gradient_accumulation_steps"] == 1
+        assert train["bf16"] is (precision == "bf16") and train["packing"] is (layout == "packed")
+        assert train["per_device_train_batch_size"] == (2 if layout == "packed" else 8)

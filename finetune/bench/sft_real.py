@@ -1,0 +1,115 @@
+"""B10: the real model's LoRA SFT step on real rows: fp32 or bf16, padded or packed, as non-pad tokens/s and MFU.
+
+Each variant is the real recipe's own SFT stage (`finetune run recipes/smollm2/135m-squad.yaml --only sft`,
+SmolLM2-135M-Instruct, LoRA r 16, no gradient checkpointing) for `--steps` optimiser steps in a process of its
+own, with these settings on top (variants alternate A B C ... then ... C B A, so machine noise hits each alike):
+
+  fp32_padded    the 833 one-question rows (XQuAD-en training articles), 8 rows a step padded to the longest,
+                 fp32: the toolkit's CPU default before the precision followed the hardware (the baseline)
+  fp32_packed    the same rows packed into rows of 1024 tokens kept apart (finetune.packing), 2 rows a step
+                 (about the 8 rows' tokens), fp32
+  bf16_padded    fp32_padded under bf16 autocast
+  bf16_packed    fp32_packed under bf16 autocast
+  recipe         the recipe as committed: one paragraph conversation a step (each context read once), in the
+                 precision the hardware picks (bf16 where native)
+
+Non-pad tokens/s = TRL's num_tokens / the training loop's train_runtime, from the stage's manifest; MFU as in
+B8 (finetune.bench.mfu: model FLOPs per token from the architecture against the measured dense GEMM peak of
+the stage's compute dtype). Peak RSS is the stage's own (its manifest). Target (issue: fast on the machine you
+have): the fastest correct variant >= 3x fp32_padded's tokens/s on a CPU with native bf16; >= 50% of the bf16
+GEMM peak.
+
+    .venv/bin/python -m finetune.bench.sft_real [--steps 8] [--rounds 2] [--variants fp32_padded,bf16_packed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from finetune.bench import ROOT, fmt_list, median, offline_env
+
+RECIPE = "recipes/smollm2/135m-squad.yaml"
+TARGET = 3.0
+QUESTIONS = ["stages.sft.data=[squad]", "stages.sft.train.gradient_accumulation_steps=1"]
+PADDED = [*QUESTIONS, "stages.sft.train.per_device_train_batch_size=8", "stages.sft.train.packing=false"]
+PACKED = [*QUESTIONS, "stages.sft.train.per_device_train_batch_size=2", "stages.sft.train.packing=true"]
+VARIANTS = {
+    "fp32_padded": [*PADDED, "stages.sft.train.bf16=false"],
+    "fp32_packed": [*PACKED, "stages.sft.train.bf16=false"],
+    "bf16_padded": [*PADDED, "stages.sft.train.bf16=true"],
+    "bf16_packed": [*PACKED, "stages.sft.train.bf16=true"],
+    "recipe": [],
+}
+
+
+def run_variant(name: str, steps: int, out: Path) -> Path:
+    """Train variant `name` for `steps` steps into `out` (a new run folder) and return its SFT stage folder.
+
+    Raises RuntimeError with the run's last output lines when `finetune run` fails."""
+    cmd = [sys.executable, "-m", "finetune", "run", RECIPE, "--only", "sft", "--output-dir", str(out),
+           "eval.tasks=[]", "eval.base=false", f"stages.sft.train.max_steps={steps}",
+           "stages.sft.train.save_strategy=no", "stages.sft.train.logging_steps=1", *VARIANTS[name]]
+    done = subprocess.run(cmd, cwd=ROOT, env=offline_env(), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
+        raise RuntimeError(f"{name}: finetune run failed ({done.returncode}):\n{tail}")
+    return out / "sft"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """B10: measure the GEMM peaks, alternate the variants' SFT runs, print tokens/s, MFU, RSS and the ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=8, help="optimiser steps per run")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    args = parser.parse_args(argv)
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+
+    import torch
+
+    from finetune.bench.mfu import gemm_peak, stage_mfu
+    from finetune.precision import detect, training
+
+    peaks = {dt: gemm_peak(dt) for dt in ("float32", "bfloat16")}
+    choice = training({}, detect())
+    print(f"B10 real-model SFT: {RECIPE} sft stage, {args.steps} steps x {args.rounds} rounds, "
+          f"{torch.get_num_threads()} threads; GEMM peak fp32 {peaks['float32']:.0f}, bf16 "
+          f"{peaks['bfloat16']:.0f} GFLOP/s; the hardware's pick: {choice.name} ({choice.reason})", flush=True)
+    results: dict[str, list[dict]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory(prefix="bench-b10-") as tmp:
+        for r in range(args.rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                stage = run_variant(name, args.steps, Path(tmp) / f"{name}-{r}")
+                res = stage_mfu(stage, peaks)
+                manifest = json.loads((stage / "manifest.json").read_text())
+                res["peak_rss_gb"] = manifest["memory"]["peak_rss_mb"] / 1024
+                res["first_loss"] = next(json.loads(x)["loss"] for x in (stage / "metrics.jsonl").open()
+                                         if "loss" in json.loads(x))
+                results[name].append(res)
+                print(f"  round {r + 1} {name:<12} {res['tokens_per_second']:7.1f} non-pad tokens/s "
+                      f"({res['tokens']:.0f} tokens in {res['seconds']:.1f} s, {res['compute']}), MFU "
+                      f"{100 * res['mfu']:.1f}%, peak RSS {res['peak_rss_gb']:.2f} GB, first loss "
+                      f"{res['first_loss']:.4f}", flush=True)
+    tok_s = {n: median([x["tokens_per_second"] for x in results[n]]) for n in names}
+    for n in names:
+        mfu = median([x["mfu"] for x in results[n]])
+        each = fmt_list([x["tokens_per_second"] for x in results[n]], ".1f")
+        print(f"  {n:<12} median {tok_s[n]:7.1f} tokens/s ({each})"
+              f", MFU {100 * mfu:.1f}% of the {results[n][0]['compute']} peak, "
+              f"{results[n][0]['gflop_per_token']} GFLOP/token")
+    if "fp32_padded" in tok_s:
+        for n in names:
+            if n != "fp32_padded":
+                print(f"  {n} / fp32_padded: {tok_s[n] / tok_s['fp32_padded']:.2f}x   (target >= {TARGET}x)")
+
+
+if __name__ == "__main__":
+    main()
