@@ -88,8 +88,9 @@ def test_the_sft_benchmark_variants_are_settings_of_the_real_recipe():
     for name, overrides in VARIANTS.items():
         sft = next(s for s in load_recipe(REPO / RECIPE, overrides)["stages"] if s["name"] == "sft")
         train = sft["train"]
-        if name == "recipe":
-            assert overrides == [] and list(sft["data"]) == ["paragraphs"]
+        if name.startswith("recipe"):
+            assert list(sft["data"]) == ["paragraphs"] and "packing" not in train
+            assert train.get("bf16", True) is (name != "recipe_fp32")
             continue
         precision, layout = name.split("_")
         assert list(sft["data"]) == ["squad"] and train["gradient_accumulation_steps"] == 1

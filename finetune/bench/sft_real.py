@@ -12,6 +12,11 @@ own, with these settings on top (variants alternate A B C ... then ... C B A, so
   bf16_packed    fp32_packed under bf16 autocast
   recipe         the recipe as committed: one paragraph conversation a step (each context read once), in the
                  precision the hardware picks (bf16 where native)
+  recipe_fp32    the recipe in fp32 (bf16: false)
+  recipe_mmap    the recipe with glibc's mmap threshold fixed at 1 MiB (MALLOC_MMAP_THRESHOLD_): blocks that
+                 large go back to the OS when freed instead of staying in the heap (measures what the heap keeps)
+  recipe_bf16w   the recipe with the frozen base weights stored in bf16 (base_model.dtype: bfloat16; peft keeps
+                 the adapter in fp32) under bf16 autocast: no per-step cast of every weight, bf16 activations
 
 Non-pad tokens/s = TRL's num_tokens / the training loop's train_runtime, from the stage's manifest; MFU as in
 B8 (finetune.bench.mfu: model FLOPs per token from the architecture against the measured dense GEMM peak of
@@ -44,7 +49,11 @@ VARIANTS = {
     "bf16_padded": [*PADDED, "stages.sft.train.bf16=true"],
     "bf16_packed": [*PACKED, "stages.sft.train.bf16=true"],
     "recipe": [],
+    "recipe_fp32": ["stages.sft.train.bf16=false"],
+    "recipe_bf16w": ["base_model.dtype=bfloat16", "stages.sft.train.bf16=true"],
+    "recipe_mmap": [],
 }
+ENV = {"recipe_mmap": {"MALLOC_MMAP_THRESHOLD_": str(2**20)}}
 
 
 def run_variant(name: str, steps: int, out: Path) -> Path:
@@ -54,7 +63,8 @@ def run_variant(name: str, steps: int, out: Path) -> Path:
     cmd = [sys.executable, "-m", "finetune", "run", RECIPE, "--only", "sft", "--output-dir", str(out),
            "eval.tasks=[]", "eval.base=false", f"stages.sft.train.max_steps={steps}",
            "stages.sft.train.save_strategy=no", "stages.sft.train.logging_steps=1", *VARIANTS[name]]
-    done = subprocess.run(cmd, cwd=ROOT, env=offline_env(), capture_output=True, text=True, check=False)
+    env = {**offline_env(), **ENV.get(name, {})}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
         raise RuntimeError(f"{name}: finetune run failed ({done.returncode}):\n{tail}")
