@@ -150,7 +150,8 @@ class PeakMemory:
         self._thread.join()
 
     def result(self) -> dict:
-        """{"peak_rss_mb": sampled peak during the block, "process_peak_rss_mb": lifetime peak}, in MiB.
+        """{"peak_rss_mb": sampled peak during the block, "process_peak_rss_mb": lifetime peak}, in MiB
+        (a stage's manifest adds "rss_at_start_mb", from `release_freed_memory`).
 
         Either is None where it cannot be measured (no samples; no `resource` module).
         """

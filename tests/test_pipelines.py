@@ -45,6 +45,8 @@ def test_tiny_pipeline_end_to_end_then_rerun_trains_nothing(tiny_llama, tmp_path
         assert (f"| {stage} |" in table) == (stage != "reward"), table
     if "reward" in results:
         assert 0 <= results["reward"]["reward_accuracy"]["accuracy"] <= 1
+    for stage in STAGES[name]:  # RSS after collecting the last stage's garbage, before this one is measured
+        assert 0 < results[stage]["memory"]["rss_at_start_mb"] <= results[stage]["memory"]["process_peak_rss_mb"]
     assert "(" in table.splitlines()[2], "EM/F1 carry their confidence intervals"
     comparisons = json.loads((tmp_path / "run" / "eval" / "comparisons.json").read_text())
     assert [(c["from"], c["to"]) for c in comparisons] == [("base", "sft"), ("sft", STAGES[name][-1])]
@@ -198,11 +200,13 @@ def test_only_an_early_stage_runs_it_and_evaluates_without_the_later_ones(tiny_l
     assert (tmp_path / "run" / "dpo" / "manifest.json").exists()  # nothing a user made is deleted
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="RSS is read from /proc (Linux)")
 def test_memory_a_finished_stage_freed_is_returned_before_the_next_stage_is_measured():
     """A stage's trainer and model sit in reference cycles: once the stage returns they are garbage, but
     the cyclic collector may not have run, and without it the next stage's peak RSS would count them.
     Here a 256 MiB buffer held only by a cycle is freed by `release_freed_memory` (measured: RSS falls by
-    256 MiB; the assertion asks for 200), which the pipeline calls before each stage."""
+    256 MiB; the assertion asks for 200), which the pipeline calls before each stage. A block this large is
+    mmapped, so this checks the collection; `malloc_trim`'s share (heap pages) is not asserted."""
     import gc
 
     from finetune import manifest as mf

@@ -83,10 +83,13 @@ def test_real_recipe_runs_on_a_tiny_model_of_its_architecture(name, request, tmp
 def test_the_sft_benchmark_variants_are_settings_of_the_real_recipe():
     """B10 (finetune.bench.sft_real) trains the real recipe's SFT stage with its variants' overrides: each
     resolves on the recipe as committed and sets the data, batch, packing and precision its name says."""
-    from finetune.bench.sft_real import RECIPE, VARIANTS
+    from finetune.bench.sft_real import ENV, RECIPE, VARIANTS
 
+    assert ENV["recipe_mmap"]["MALLOC_MMAP_THRESHOLD_"] == str(2**20)
     for name, overrides in VARIANTS.items():
-        sft = next(s for s in load_recipe(REPO / RECIPE, overrides)["stages"] if s["name"] == "sft")
+        recipe = load_recipe(REPO / RECIPE, overrides)
+        assert recipe["base_model"]["dtype"] == ("bfloat16" if name == "recipe_bf16w" else "float32")
+        sft = next(s for s in recipe["stages"] if s["name"] == "sft")
         train = sft["train"]
         if name.startswith("recipe"):
             assert list(sft["data"]) == ["paragraphs"] and "packing" not in train

@@ -1,12 +1,14 @@
 """B7: evaluation throughput on the real model: fp32 as before (prompts in file order), fp32 grouped by
 length, fp32 with each shared context read once (`evaluation.generate`'s default: grouped by length, the
-questions on one paragraph reading it once) and bf16 grouped by length, alternated in one process
-(A B C D A B C D ...).
+questions on one paragraph reading it once), bf16 grouped by length and bf16 with shared contexts read once
+(evaluation's default where bf16 is native; left out where the CPU would emulate bf16), alternated in one
+process (A B C D E A B C D E ...).
 
 Reports questions/s (median over rounds), the share of generated positions wasted after rows stopped, whether
-the two fp32 variants give identical predictions, and the EM/F1 difference of bf16 generation against fp32.
+the fp32 variants give identical predictions, the EM/F1 difference of bf16 generation against fp32, and how
+many bf16 answers shared reading changes (bf16 rounds the two layouts differently).
 
-A fourth variant, fp32 grouped with one new token, times the prompts' forward pass (prefill) alone, in the same
+A last variant, fp32 grouped with one new token, times the prompts' forward pass (prefill) alone, in the same
 rounds. No change to how answers are decoded (dropping finished rows, another cache) can make fp32 evaluation
 faster than that: `file order / prefill` bounds the fp32 speed-up of any change that still reads every
 prompt whole; reading a shared context once is what gets past it. Its FLOP/s (2 x
@@ -44,7 +46,7 @@ def _non_embedding_parameters(model) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """B7: generate the task's questions with the three variants alternately for `--rounds` rounds; print
+    """B7: generate the task's questions with the variants alternately for `--rounds` rounds; print
     questions/s, speed-up, wasted share and EM/F1 per variant (and write them to `--json` if given)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(

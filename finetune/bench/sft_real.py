@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> None:
                 res = stage_mfu(stage, peaks)
                 manifest = json.loads((stage / "manifest.json").read_text())
                 res["peak_rss_gb"] = manifest["memory"]["peak_rss_mb"] / 1024
-                res["first_loss"] = next(json.loads(x)["loss"] for x in (stage / "metrics.jsonl").open()
-                                         if "loss" in json.loads(x))
+                rows = [json.loads(x) for x in (stage / "metrics.jsonl").read_text().splitlines()]
+                res["first_loss"] = next((row["loss"] for row in rows if "loss" in row), float("nan"))
                 results[name].append(res)
                 print(f"  round {r + 1} {name:<12} {res['tokens_per_second']:7.1f} non-pad tokens/s "
                       f"({res['tokens']:.0f} tokens in {res['seconds']:.1f} s, {res['compute']}), MFU "
@@ -112,8 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     for n in names:
         mfu = median([x["mfu"] for x in results[n]])
         each = fmt_list([x["tokens_per_second"] for x in results[n]], ".1f")
+        rss = median([x["peak_rss_gb"] for x in results[n]])
         print(f"  {n:<12} median {tok_s[n]:7.1f} tokens/s ({each})"
-              f", MFU {100 * mfu:.1f}% of the {results[n][0]['compute']} peak, "
+              f", MFU {100 * mfu:.1f}% of the {results[n][0]['compute']} peak, peak RSS {rss:.2f} GB, "
               f"{results[n][0]['gflop_per_token']} GFLOP/token")
     if "fp32_padded" in tok_s:
         for n in names:
