@@ -106,7 +106,7 @@ bench-eval: $(STAMP) $(TINY)
 	$(BIN)/python eval/bench_generation.py --rounds 5
 
 # B7, B8 and B9 read the run of `make smollm2-135m-squad` (its SFT stage); about 16 minutes on 2 cores.
-# B10 trains the recipe's SFT stage itself, five ways, a few steps each: about 15 minutes more.
+# B10 trains the recipe's SFT stage itself, eight ways, 8 steps each, 2 rounds: about 30 minutes more.
 REAL_RUN ?= runs/smollm2-135m-squad
 bench-real: $(STAMP) $(SMOLLM2_DIR)/gguf_source.json
 	$(BIN)/python -m finetune.bench.mfu $(REAL_RUN)/sft
