@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     0 on success, 2 for a UserError (printed as one `error:` line, no traceback), 130 on Ctrl-C and 141 when
     stdout's reader goes away.
     """
+    from finetune.manifest import bound_kernel_caches
+
+    bound_kernel_caches()  # before the first matmul: oneDNN reads its cache sizes once
     args = parse_args(argv)
     try:
         return args.func(args) or 0

@@ -85,6 +85,27 @@ def git_commit() -> str | None:
         return None
 
 
+# Each matmul shape gets its own compiled oneDNN kernel (primitive) with its buffers, kept in two caches: oneDNN's
+# primitive cache and ideep's LRU cache (PyTorch's oneDNN wrapper), 1024 entries each by default. Real rows vary in
+# length, so a stage meets hundreds of shapes and both caches grow for the whole stage: +15 MiB of live C heap per
+# step of LoRA SFT on SmolLM2-135M in bf16 (README, "Memory"). 64 entries hold every shape of one step (a step has
+# about 30) at the same speed, and bound the growth.
+KERNEL_CACHE_CAPACITY = 64
+KERNEL_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+
+
+def bound_kernel_caches(capacity: int = KERNEL_CACHE_CAPACITY) -> dict:
+    """Cap oneDNN's primitive cache and ideep's LRU cache at `capacity` entries each, unless the user set them.
+
+    Both read their environment variable when the first oneDNN kernel is built, so this must run before the
+    process's first matmul (the CLI calls it first thing). A value the user exported wins. Side effect: sets the
+    variables in `os.environ`, which subprocesses inherit. Returns {variable: value in force} (strings).
+    """
+    for name in KERNEL_CACHE_VARIABLES:
+        os.environ.setdefault(name, str(capacity))
+    return {name: os.environ[name] for name in KERNEL_CACHE_VARIABLES}
+
+
 def release_freed_memory() -> dict:
     """Collect Python's garbage and hand the C heap's free pages back to the OS, between pipeline stages.
 

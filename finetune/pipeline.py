@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -577,7 +578,8 @@ def _run_stage(recipe: Recipe, stage: Stage, init: dict, stage_dir: Path, fp: st
         "packages": mf.package_versions(), "git_commit": mf.git_commit(), "host": mf.host_summary(),
         "timings": {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
                     "seconds": round(time.time() - started, 2)},
-        "memory": {**memory.result(), "rss_at_start_mb": carried["rss_after_mb"]},
+        "memory": {**memory.result(), "rss_at_start_mb": carried["rss_after_mb"],
+                   "kernel_caches": {name: os.environ.get(name) for name in mf.KERNEL_CACHE_VARIABLES}},
         "base_model_gguf": gguf_models.source_of(recipe["base_model"]["path"]),  # GGUF name and sha256, if any
     }
     if _is_main_process():

@@ -141,6 +141,8 @@ def test_run_end_to_end_in_a_subprocess(small_recipe, tmp_path):
     assert manifest["chat_template_sha256"] == hashlib.sha256(CHAT_TEMPLATE.read_bytes()).hexdigest()
     assert manifest["timings"]["seconds"] > 0 and manifest["timings"]["started"]
     assert "git_commit" in manifest
+    # the CLI bounds oneDNN's kernel caches before the first matmul (finetune.manifest.bound_kernel_caches)
+    assert manifest["memory"]["kernel_caches"] == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64", "LRU_CACHE_CAPACITY": "64"}
     assert manifest["label_audit"]["rows"] == 32
     rows = [json.loads(line) for line in (run_dir / "sft" / "metrics.jsonl").read_text().splitlines()]
     losses = [r for r in rows if "loss" in r]
