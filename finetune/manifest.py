@@ -87,9 +87,9 @@ def git_commit() -> str | None:
 
 # Each matmul shape gets its own compiled oneDNN kernel (primitive) with its buffers, kept in two caches: oneDNN's
 # primitive cache and ideep's LRU cache (PyTorch's oneDNN wrapper), 1024 entries each by default. Real rows vary in
-# length, so a stage meets hundreds of shapes and both caches grow for the whole stage: +15 MiB of live C heap per
-# step of LoRA SFT on SmolLM2-135M in bf16 (README, "Memory"). 64 entries hold every shape of one step (a step has
-# about 30) at the same speed, and bound the growth.
+# length, so a stage meets hundreds of shapes and both caches grow for the whole stage: +20 MB of live C heap per
+# step of LoRA SFT on SmolLM2-135M in bf16 (README: "the recipe with bounded kernel caches"). 64 entries hold
+# every shape of one step (about 30) at the same speed, and bound the growth.
 KERNEL_CACHE_CAPACITY = 64
 KERNEL_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 
