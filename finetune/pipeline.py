@@ -229,6 +229,7 @@ def run_recipe(recipe: Recipe, output_dir: str | None = None, only: str | None =
     when the output folder is not a finetune run or is locked by another run, or when preflight, the data
     audit or a stage fails on bad input.
     """
+    mf.bound_kernel_caches()  # for callers other than the CLI (the demo, the Python API); the user's value wins
     run_dir = Path(output_dir or recipe["output_dir"])
     recipe = gguf_models.resolve_recipe(recipe, log)
     names = [s["name"] for s in recipe["stages"]]

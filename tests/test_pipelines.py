@@ -36,6 +36,8 @@ STAGES = {"ppo": ["sft", "reward", "ppo"], "dpo": ["sft", "dpo"], "rloo": ["sft"
 @pytest.mark.parametrize("name", ["ppo", "dpo", "rloo", "kto", "prompt-tuning"])
 def test_tiny_pipeline_end_to_end_then_rerun_trains_nothing(tiny_llama, tmp_path, monkeypatch, capsys, name):
     monkeypatch.chdir(REPO)
+    for variable in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        monkeypatch.delenv(variable, raising=False)  # run_recipe bounds them itself, not only the CLI
     overrides = [f"base_model.path={tiny_llama}", *SMALL, *PER_RECIPE[name]]
     out_dir = str(tmp_path / "run")
     results = run_recipe(load_recipe(f"recipes/tiny/{name}.yaml", overrides), output_dir=out_dir)
@@ -47,6 +49,8 @@ def test_tiny_pipeline_end_to_end_then_rerun_trains_nothing(tiny_llama, tmp_path
         assert 0 <= results["reward"]["reward_accuracy"]["accuracy"] <= 1
     for stage in STAGES[name]:  # RSS after collecting the last stage's garbage, before this one is measured
         assert 0 < results[stage]["memory"]["rss_at_start_mb"] <= results[stage]["memory"]["process_peak_rss_mb"]
+        assert results[stage]["memory"]["kernel_caches"] == {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "64",
+                                                             "LRU_CACHE_CAPACITY": "64"}
     assert "(" in table.splitlines()[2], "EM/F1 carry their confidence intervals"
     comparisons = json.loads((tmp_path / "run" / "eval" / "comparisons.json").read_text())
     assert [(c["from"], c["to"]) for c in comparisons] == [("base", "sft"), ("sft", STAGES[name][-1])]
