@@ -103,22 +103,67 @@ def of_args(args, hw: Hardware) -> Precision:
     """The precision TrainingArguments `args` compute in, with the hardware's reason when they are what
     `training` would choose unasked, else "set by the recipe".
 
-    TRL's PPOTrainer (trl.experimental.ppo) builds its own Accelerator without the config's mixed precision:
-    it computes in what `accelerate launch` set (ACCELERATE_MIXED_PRECISION), fp32 otherwise, whatever
-    `bf16`/`fp16` say; that is what is reported for a PPOConfig.
+    Not for a PPOConfig: TRL's PPOTrainer ignores its bf16/fp16 (`for_ppo`, `ppo_accelerator`).
     """
-    if type(args).__name__ == "PPOConfig":
-        mixed = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-        return Precision(
-            mixed == "bf16",
-            mixed == "fp16",
-            "TRL's PPOTrainer takes its precision from accelerate's "
-            f"launch config (ACCELERATE_MIXED_PRECISION={mixed}), not from bf16/fp16",
-        )
     default = training({}, hw)
     if (bool(args.bf16), bool(args.fp16)) == (default.bf16, default.fp16):
         return default
     return Precision(bool(args.bf16), bool(args.fp16), "set by the recipe (train:)")
+
+
+MIXED_PRECISION_VARIABLE = "ACCELERATE_MIXED_PRECISION"
+
+
+def for_ppo(train: dict, hw: Hardware, launched: str | None) -> Precision:
+    """The precision a PPO stage asks of TRL's PPOTrainer (trl.experimental.ppo, trl 1.12).
+
+    That trainer builds its own Accelerator without the config's `bf16`/`fp16`; the Accelerator reads
+    ACCELERATE_MIXED_PRECISION instead. `launched` is that variable as exported (by `accelerate launch`), or
+    None: an exported value wins, then the recipe's explicit `bf16`/`fp16`, then the hardware (`training`).
+    """
+    if launched:
+        return Precision(launched == "bf16", launched == "fp16",
+                         f"set by accelerate's launch config ({MIXED_PRECISION_VARIABLE}={launched})")
+    return training(train, hw)
+
+
+def accelerate_value(chosen: Precision) -> str:
+    """`chosen` as accelerate spells it in ACCELERATE_MIXED_PRECISION: "bf16", "fp16" or "no"."""
+    return "bf16" if chosen.bf16 else "fp16" if chosen.fp16 else "no"
+
+
+class ppo_accelerator:
+    """Context manager: export ACCELERATE_MIXED_PRECISION as `chosen` (`for_ppo`) while TRL's PPOTrainer
+    builds its Accelerator, and put the variable back as it was afterwards.
+
+    Under that Accelerator the PPO updates' forward passes (policy and value model, through the wrapper it
+    prepares) run under autocast; the rollouts (generation, reference, value and reward-model scores) call
+    the unprepared models and stay in the models' dtype, fp32.
+    """
+
+    def __init__(self, chosen: Precision):
+        self.value = accelerate_value(chosen)
+
+    def __enter__(self):
+        self.before = os.environ.get(MIXED_PRECISION_VARIABLE)
+        os.environ[MIXED_PRECISION_VARIABLE] = self.value
+        return self
+
+    def __exit__(self, *exc):
+        if self.before is None:
+            os.environ.pop(MIXED_PRECISION_VARIABLE, None)
+        else:
+            os.environ[MIXED_PRECISION_VARIABLE] = self.before
+        return False
+
+
+def of_accelerator(mixed_precision: str, asked: Precision) -> Precision:
+    """What an Accelerator whose `mixed_precision` is "bf16", "fp16" or "no" computes in: `asked` when it
+    matches, else that value with a reason that says it differs from what was asked."""
+    if mixed_precision == accelerate_value(asked):
+        return asked
+    return Precision(mixed_precision == "bf16", mixed_precision == "fp16",
+                     f"the Accelerator computes in {mixed_precision}, not the {asked.name} asked ({asked.reason})")
 
 
 def generation_dtype(requested: str, hw: Hardware) -> tuple[str | None, str]:

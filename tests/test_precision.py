@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -109,15 +110,47 @@ def test_detect_follows_the_kernel_path_variables():
     assert "emulated" in reason
 
 
-def test_ppo_reports_what_its_accelerator_computes_in(monkeypatch):
-    """TRL's PPOTrainer builds its Accelerator without the config's mixed precision: whatever bf16 says, it
-    computes in what `accelerate launch` set (fp32 without it), and that is what is logged and recorded."""
-    PPOConfig = type("PPOConfig", (), {"bf16": True, "fp16": False})  # what of_args reads: the class name
-    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    chosen = precision.of_args(PPOConfig(), NATIVE_CPU)
-    assert (chosen.bf16, chosen.name) == (False, "fp32") and "ACCELERATE_MIXED_PRECISION=no" in chosen.reason
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
-    assert precision.of_args(PPOConfig(), AVX2_CPU).name == "bf16 autocast"
+def test_ppo_asks_for_the_hardware_choice_unless_the_launch_config_or_the_recipe_says():
+    """TRL's PPOTrainer ignores its config's bf16/fp16, so the stage asks its Accelerator through
+    ACCELERATE_MIXED_PRECISION: an exported value (accelerate launch) wins, then the recipe, then the hardware."""
+    assert precision.for_ppo({}, NATIVE_CPU, None) == precision.training({}, NATIVE_CPU)
+    assert precision.for_ppo({}, NATIVE_CPU, None).name == "bf16 autocast"
+    assert precision.for_ppo({}, AVX2_CPU, None).name == "fp32"
+    assert precision.for_ppo({"bf16": False}, NATIVE_CPU, None).reason.startswith("set by the recipe")
+    launched = precision.for_ppo({"bf16": True}, NATIVE_CPU, "no")
+    assert launched.name == "fp32" and "ACCELERATE_MIXED_PRECISION=no" in launched.reason
+    assert precision.for_ppo({}, AVX2_CPU, "bf16").name == "bf16 autocast"
+    assert [precision.accelerate_value(precision.Precision(b, f, "")) for b, f in
+            ((True, False), (False, True), (False, False))] == ["bf16", "fp16", "no"]
+
+
+def test_ppo_accelerator_exports_the_choice_while_the_trainer_is_built_and_puts_the_variable_back(monkeypatch):
+    """A real accelerate Accelerator built inside the context computes in the precision asked; the
+    variable is as it was afterwards (absent, or the user's value)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.delenv(precision.MIXED_PRECISION_VARIABLE, raising=False)
+    asked = precision.for_ppo({}, NATIVE_CPU, None)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        with precision.ppo_accelerator(asked):
+            accelerator = Accelerator(cpu=True)
+        assert accelerator.mixed_precision == "bf16"
+        assert precision.of_accelerator(accelerator.mixed_precision, asked) == asked
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    assert precision.MIXED_PRECISION_VARIABLE not in os.environ
+    monkeypatch.setenv(precision.MIXED_PRECISION_VARIABLE, "fp16")
+    with precision.ppo_accelerator(precision.for_ppo({}, AVX2_CPU, None)):
+        assert os.environ[precision.MIXED_PRECISION_VARIABLE] == "no"
+    assert os.environ[precision.MIXED_PRECISION_VARIABLE] == "fp16"
+
+
+def test_of_accelerator_says_when_the_accelerator_computes_in_something_else_than_asked():
+    asked = precision.for_ppo({}, NATIVE_CPU, None)
+    got = precision.of_accelerator("no", asked)
+    assert got.name == "fp32" and "not the bf16 autocast asked" in got.reason and asked.reason in got.reason
 
 
 def test_ppo_defaults_to_bf16_off():

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
     from transformers.trainer_utils import TrainOutput
 
+    from finetune.precision import Precision
+
 RECORDED_ARGS = ("bf16", "fp16", "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                  "gradient_accumulation_steps", "max_length", "packing", "beta", "loss_type", "kl_coef",
                  "response_length", "num_ppo_epochs", "num_generations", "total_episodes")
@@ -126,14 +128,16 @@ def stage_tokenizer(base_model: BaseModel, init: dict) -> PreTrainedTokenizerBas
     return tokenizer
 
 
-def train(trainer: Trainer, stage_dir: Path, log, resumable: bool = True) -> TrainOutput | None:
+def train(trainer: Trainer, stage_dir: Path, log, resumable: bool = True,
+          chosen: Precision | None = None) -> TrainOutput | None:
     """Train, resuming from the newest complete checkpoint of an interrupted run when the trainer can.
-    Logs the precision it computes in first (`precision: bf16 autocast (...)`). With `watch.select_best`, the
+    Logs the precision it computes in first (`precision: bf16 autocast (...)`): `chosen`, or what its
+    arguments say (`precision.of_args`). With `watch.select_best`, the
     best watched weights are put back into the model before it returns (finetune.watch). Returns what
     `trainer.train()` returns: a TrainOutput (None from TRL's PPOTrainer)."""
     from finetune import precision, watch
 
-    chosen = precision.of_args(trainer.args, precision.detect())
+    chosen = chosen or precision.of_args(trainer.args, precision.detect())
     log(f"precision: {chosen.name} ({chosen.reason})")
     resume = last_checkpoint(stage_dir / "checkpoints")
     if resume and resumable:
@@ -183,10 +187,12 @@ def train_against_reference(trainer_cls: type[Trainer], base_model: BaseModel, s
 
 
 def record(trainer: Trainer, result: TrainOutput | None, args: TrainingArguments, stage: Stage, data: dict,
-           tokenizer: PreTrainedTokenizerBase, model_dir: Path, base: str, adapter: bool, **extra) -> dict:
+           tokenizer: PreTrainedTokenizerBase, model_dir: Path, base: str, adapter: bool,
+           chosen: Precision | None = None, **extra) -> dict:
     """What the manifest records about a finished training stage.
 
-    `result` is None where the trainer returns no metrics worth keeping (PPO); `extra` is added as it is.
+    `result` is None where the trainer returns no metrics worth keeping (PPO); `chosen` is the precision it
+    computed in when its arguments do not say (PPO); `extra` is added as it is.
     """
     from finetune import precision, watch
 
@@ -199,7 +205,7 @@ def record(trainer: Trainer, result: TrainOutput | None, args: TrainingArguments
         "log_history": trainer.state.log_history,
         "training_args": {k: v for k, v in args.to_dict().items() if k in stage["train"] or k in RECORDED_ARGS},
         "chat_template_sha256": sha256_text(tokenizer.chat_template),
-        "precision": precision.of_args(args, precision.detect()).record(),
+        "precision": (chosen or precision.of_args(args, precision.detect())).record(),
         **({"watch": watcher.record()} if (watcher := watch.of(trainer)) else {}),
         **extra,
     }

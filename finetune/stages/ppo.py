@@ -8,10 +8,11 @@ stage starts again.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from finetune import modeling
+from finetune import modeling, precision
 from finetune.data import stage_data
 from finetune.recipe_types import Shared, Stage
 from finetune.schema import LORA_METHODS, PEFT
@@ -21,8 +22,9 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-# bf16 off: TRL's PPOTrainer builds its Accelerator without the config's mixed precision (it computes in what
-# `accelerate launch` sets, fp32 otherwise), and with bf16 on it would cast a QLoRA policy's adapter to bf16.
+# bf16 off in the config: TRL's PPOTrainer builds its Accelerator without the config's mixed precision (`run`
+# gives it the stage's precision through ACCELERATE_MIXED_PRECISION), and with bf16 on it would cast a QLoRA
+# policy's adapter to bf16.
 PPO_DEFAULTS = {"stop_token": "eos", "num_sample_generations": 0, "response_length": 32, "bf16": False,
                 "fp16": False}
 
@@ -123,10 +125,17 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
     value_params = modeling.count_parameters(value_model)
     log(f"policy from {source}; reward and value models from {reward_dir}; value model trains "
         f"{value_params['trainable']:,} of {value_params['total']:,} parameters ({stage['value_model']})")
-    trainer = common.build_trainer(PPOTrainer, stage, args=args, processing_class=tokenizer, model=policy,
-                                   ref_model=None, reward_model=reward_model, train_dataset=train,
-                                   value_model=value_model, eval_dataset=evald, peft_config=peft)
-    common.train(trainer, stage_dir, log, resumable=False)
+    asked = precision.for_ppo(stage["train"], precision.detect(),
+                              os.environ.get(precision.MIXED_PRECISION_VARIABLE))
+    with precision.ppo_accelerator(asked):  # its Accelerator reads the variable when it is built
+        trainer = common.build_trainer(PPOTrainer, stage, args=args, processing_class=tokenizer, model=policy,
+                                       ref_model=None, reward_model=reward_model, train_dataset=train,
+                                       value_model=value_model, eval_dataset=evald, peft_config=peft)
+    chosen = precision.of_accelerator(trainer.accelerator.mixed_precision, asked)
+    if chosen.bf16 or chosen.fp16:
+        log(f"{chosen.name} in the PPO updates' forward passes; rollouts (generation, reference, value and "
+            "reward scores) in fp32: TRL's PPOTrainer autocasts only the policy-and-value model it prepares")
+    common.train(trainer, stage_dir, log, resumable=False, chosen=chosen)
     trainer.save_model(str(stage_dir / "model"))
     if trainer.is_world_process_zero():
         tokenizer.padding_side = "right"
@@ -138,5 +147,5 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
         log(f"reward {summary['first']['objective/scores']:+.3f} -> {summary['last']['objective/scores']:+.3f}, "
             f"KL {summary['last']['objective/kl']:.4f}")
     return common.record(trainer, None, args, stage, data, tokenizer, stage_dir / "model", source,
-                         peft is not None, ppo=summary,
+                         peft is not None, chosen=chosen, ppo=summary,
                          value_model={"train": stage["value_model"], **value_params})
