@@ -118,11 +118,13 @@ def for_ppo(train: dict, hw: Hardware, launched: str | None) -> Precision:
     """The precision a PPO stage asks of TRL's PPOTrainer (trl.experimental.ppo, trl 1.12).
 
     That trainer builds its own Accelerator without the config's `bf16`/`fp16`; the Accelerator reads
-    ACCELERATE_MIXED_PRECISION instead. `launched` is that variable as exported (by `accelerate launch`), or
-    None: an exported value wins, then the recipe's explicit `bf16`/`fp16`, then the hardware (`training`).
+    ACCELERATE_MIXED_PRECISION instead. `launched` is that variable as exported, or None. A launch config that
+    asks for mixed precision (any value but "no") wins; "no", which `accelerate launch` exports when its config
+    is silent, counts as unset, as transformers' TrainingArguments treat it. Then the recipe's explicit
+    `bf16`/`fp16`, then the hardware (`training`).
     """
-    if launched:
-        return Precision(launched == "bf16", launched == "fp16",
+    if launched and launched.lower() != "no":
+        return Precision(launched.lower() == "bf16", launched.lower() == "fp16",
                          f"set by accelerate's launch config ({MIXED_PRECISION_VARIABLE}={launched})")
     return training(train, hw)
 
@@ -134,11 +136,12 @@ def accelerate_value(chosen: Precision) -> str:
 
 class ppo_accelerator:
     """Context manager: export ACCELERATE_MIXED_PRECISION as `chosen` (`for_ppo`) while TRL's PPOTrainer
-    builds its Accelerator, and put the variable back as it was afterwards.
+    builds its Accelerator, and put the variable back as it was afterwards. A value a launch config exported
+    that asks for mixed precision (`for_ppo`: it wins) is left as it is.
 
     Under that Accelerator the PPO updates' forward passes (policy and value model, through the wrapper it
     prepares) run under autocast; the rollouts (generation, reference, value and reward-model scores) call
-    the unprepared models and stay in the models' dtype, fp32.
+    the unprepared models and run outside autocast, in the models' own dtype (fp32 unless loaded otherwise).
     """
 
     def __init__(self, chosen: Precision):
@@ -146,7 +149,8 @@ class ppo_accelerator:
 
     def __enter__(self):
         self.before = os.environ.get(MIXED_PRECISION_VARIABLE)
-        os.environ[MIXED_PRECISION_VARIABLE] = self.value
+        if not self.before or self.before.lower() == "no":
+            os.environ[MIXED_PRECISION_VARIABLE] = self.value
         return self
 
     def __exit__(self, *exc):
@@ -159,7 +163,8 @@ class ppo_accelerator:
 
 def of_accelerator(mixed_precision: str, asked: Precision) -> Precision:
     """What an Accelerator whose `mixed_precision` is "bf16", "fp16" or "no" computes in: `asked` when it
-    matches, else that value with a reason that says it differs from what was asked."""
+    matches, else that value with a reason that says it differs from what was asked. Pass "no" for an
+    Accelerator without native autocast (`native_amp` False: fp16 asked on a CPU), which autocasts nothing."""
     if mixed_precision == accelerate_value(asked):
         return asked
     return Precision(mixed_precision == "bf16", mixed_precision == "fp16",

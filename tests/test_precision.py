@@ -117,9 +117,11 @@ def test_ppo_asks_for_the_hardware_choice_unless_the_launch_config_or_the_recipe
     assert precision.for_ppo({}, NATIVE_CPU, None).name == "bf16 autocast"
     assert precision.for_ppo({}, AVX2_CPU, None).name == "fp32"
     assert precision.for_ppo({"bf16": False}, NATIVE_CPU, None).reason.startswith("set by the recipe")
-    launched = precision.for_ppo({"bf16": True}, NATIVE_CPU, "no")
-    assert launched.name == "fp32" and "ACCELERATE_MIXED_PRECISION=no" in launched.reason
-    assert precision.for_ppo({}, AVX2_CPU, "bf16").name == "bf16 autocast"
+    # `accelerate launch` exports "no" when its config is silent: that counts as unset, as in TrainingArguments
+    assert precision.for_ppo({"bf16": True}, AVX2_CPU, "no").name == "bf16 autocast"
+    assert precision.for_ppo({}, NATIVE_CPU, "no") == precision.training({}, NATIVE_CPU)
+    launched = precision.for_ppo({"bf16": False}, AVX2_CPU, "bf16")
+    assert launched.name == "bf16 autocast" and "ACCELERATE_MIXED_PRECISION=bf16" in launched.reason
     assert [precision.accelerate_value(precision.Precision(b, f, "")) for b, f in
             ((True, False), (False, True), (False, False))] == ["bf16", "fp16", "no"]
 
@@ -141,10 +143,14 @@ def test_ppo_accelerator_exports_the_choice_while_the_trainer_is_built_and_puts_
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     assert precision.MIXED_PRECISION_VARIABLE not in os.environ
-    monkeypatch.setenv(precision.MIXED_PRECISION_VARIABLE, "fp16")
-    with precision.ppo_accelerator(precision.for_ppo({}, AVX2_CPU, None)):
-        assert os.environ[precision.MIXED_PRECISION_VARIABLE] == "no"
-    assert os.environ[precision.MIXED_PRECISION_VARIABLE] == "fp16"
+    monkeypatch.setenv(precision.MIXED_PRECISION_VARIABLE, "no")  # what a silent launch config exports
+    with precision.ppo_accelerator(precision.for_ppo({}, NATIVE_CPU, "no")):
+        assert os.environ[precision.MIXED_PRECISION_VARIABLE] == "bf16"
+    assert os.environ[precision.MIXED_PRECISION_VARIABLE] == "no"
+    monkeypatch.setenv(precision.MIXED_PRECISION_VARIABLE, "fp8")  # a launch config's own choice is left alone
+    with precision.ppo_accelerator(precision.for_ppo({}, AVX2_CPU, "fp8")):
+        assert os.environ[precision.MIXED_PRECISION_VARIABLE] == "fp8"
+    assert os.environ[precision.MIXED_PRECISION_VARIABLE] == "fp8"
 
 
 def test_of_accelerator_says_when_the_accelerator_computes_in_something_else_than_asked():

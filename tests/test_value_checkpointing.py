@@ -10,6 +10,8 @@ PPO stage has checkpointed when its training loop starts.
 
 from __future__ import annotations
 
+import json
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -80,3 +82,35 @@ def test_ppo_stage_checkpoints_policy_and_value_model_as_the_recipe_says(tiny_ll
     stage["train"] = {**stage["train"], "gradient_checkpointing": checkpointing}
     run(recipe_with(tiny_llama, reward_stage(), stage), write_recipe, tmp_path)
     assert seen == {"policy": checkpointing, "value": checkpointing}
+
+
+@pytest.mark.parametrize(("train", "autocast"), [({}, True), ({"bf16": False}, False)])
+def test_ppo_stage_autocasts_its_updates_not_its_rollouts_where_the_hardware_runs_bf16(
+        tiny_llama, write_recipe, tmp_path, monkeypatch, train, autocast):
+    """TRL's PPOTrainer ignores its config's bf16: the stage hands the hardware's choice (here a CPU with native
+    bf16, whatever this one has) to its Accelerator, even when a silent `accelerate launch` exported "no". The
+    policy's forward passes run under autocast in the updates only, never in the rollouts; the manifest says
+    what the Accelerator computed in. With the recipe's `bf16: false` nothing is autocast."""
+    from finetune import precision
+
+    native = precision.Hardware(cuda=False, cuda_bf16=False, cpu_bf16=True, cpu_reason="the CPU runs bf16 natively")
+    monkeypatch.setattr(precision, "detect", lambda: native)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    calls = []  # (grad enabled: an update, not a rollout; autocast on) per policy forward
+    original = PPOTrainer.train
+
+    def train_and_watch(self):
+        self.model.policy.register_forward_hook(
+            lambda module, args, output: calls.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"))))
+        return original(self)
+
+    monkeypatch.setattr(PPOTrainer, "train", train_and_watch)
+    stage = _ppo()
+    stage["train"] = {**stage["train"], **train}
+    run(recipe_with(tiny_llama, reward_stage(), stage), write_recipe, tmp_path)
+    updates = {on for grad, on in calls if grad}
+    rollouts = {on for grad, on in calls if not grad}
+    assert updates == {autocast} and rollouts == {False}, calls
+    recorded = json.loads(next(tmp_path.rglob("ppo/manifest.json")).read_text())["precision"]
+    assert recorded["compute"] == ("bf16 autocast" if autocast else "fp32"), recorded
+    assert os.environ["ACCELERATE_MIXED_PRECISION"] == "no"  # put back

@@ -203,7 +203,9 @@ def record(trainer: Trainer, result: TrainOutput | None, args: TrainingArguments
         "parameters": modeling.count_parameters(trainer.model),
         "train_metrics": getattr(result, "metrics", None) or {},
         "log_history": trainer.state.log_history,
-        "training_args": {k: v for k, v in args.to_dict().items() if k in stage["train"] or k in RECORDED_ARGS},
+        # with `chosen` (PPO) the config's bf16/fp16 are not what it computed in: `precision` says that
+        "training_args": {k: v for k, v in args.to_dict().items()
+                          if (k in stage["train"] or k in RECORDED_ARGS) and not (chosen and k in ("bf16", "fp16"))},
         "chat_template_sha256": sha256_text(tokenizer.chat_template),
         "precision": (chosen or precision.of_args(args, precision.detect())).record(),
         **({"watch": watcher.record()} if (watcher := watch.of(trainer)) else {}),

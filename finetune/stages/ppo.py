@@ -131,10 +131,12 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
         trainer = common.build_trainer(PPOTrainer, stage, args=args, processing_class=tokenizer, model=policy,
                                        ref_model=None, reward_model=reward_model, train_dataset=train,
                                        value_model=value_model, eval_dataset=evald, peft_config=peft)
-    chosen = precision.of_accelerator(trainer.accelerator.mixed_precision, asked)
+    accelerator = trainer.accelerator
+    chosen = precision.of_accelerator(accelerator.mixed_precision if accelerator.native_amp else "no", asked)
     if chosen.bf16 or chosen.fp16:
         log(f"{chosen.name} in the PPO updates' forward passes; rollouts (generation, reference, value and "
-            "reward scores) in fp32: TRL's PPOTrainer autocasts only the policy-and-value model it prepares")
+            "reward scores) outside autocast, in the models' own dtype: TRL's PPOTrainer autocasts only the "
+            "policy-and-value model it prepares")
     common.train(trainer, stage_dir, log, resumable=False, chosen=chosen)
     trainer.save_model(str(stage_dir / "model"))
     if trainer.is_world_process_zero():
