@@ -103,7 +103,7 @@ def of_args(args, hw: Hardware) -> Precision:
     """The precision TrainingArguments `args` compute in, with the hardware's reason when they are what
     `training` would choose unasked, else "set by the recipe".
 
-    Not for a PPOConfig: TRL's PPOTrainer ignores its bf16/fp16 (`for_ppo`, `ppo_accelerator`).
+    Not for a PPOConfig: TRL's PPOTrainer ignores its bf16/fp16 (`for_ppo`, `ppo_environment`).
     """
     default = training({}, hw)
     if (bool(args.bf16), bool(args.fp16)) == (default.bf16, default.fp16):
@@ -134,31 +134,18 @@ def accelerate_value(chosen: Precision) -> str:
     return "bf16" if chosen.bf16 else "fp16" if chosen.fp16 else "no"
 
 
-class ppo_accelerator:
-    """Context manager: export ACCELERATE_MIXED_PRECISION as `chosen` (`for_ppo`) while TRL's PPOTrainer
-    builds its Accelerator, and put the variable back as it was afterwards. A value a launch config exported
-    that asks for mixed precision (`for_ppo`: it wins) is left as it is.
+def ppo_environment(chosen: Precision, launched: str | None) -> dict[str, str]:
+    """The variables to export while TRL's PPOTrainer builds its Accelerator (with accelerate's
+    `patch_environment`, which puts them back afterwards): ACCELERATE_MIXED_PRECISION as `chosen` (`for_ppo`),
+    or nothing when `launched`, the value already exported, asks for mixed precision (it wins).
 
     Under that Accelerator the PPO updates' forward passes (policy and value model, through the wrapper it
     prepares) run under autocast; the rollouts (generation, reference, value and reward-model scores) call
     the unprepared models and run outside autocast, in the models' own dtype (fp32 unless loaded otherwise).
     """
-
-    def __init__(self, chosen: Precision):
-        self.value = accelerate_value(chosen)
-
-    def __enter__(self):
-        self.before = os.environ.get(MIXED_PRECISION_VARIABLE)
-        if not self.before or self.before.lower() == "no":
-            os.environ[MIXED_PRECISION_VARIABLE] = self.value
-        return self
-
-    def __exit__(self, *exc):
-        if self.before is None:
-            os.environ.pop(MIXED_PRECISION_VARIABLE, None)
-        else:
-            os.environ[MIXED_PRECISION_VARIABLE] = self.before
-        return False
+    if launched and launched.lower() != "no":
+        return {}
+    return {MIXED_PRECISION_VARIABLE: accelerate_value(chosen)}
 
 
 def of_accelerator(mixed_precision: str, asked: Precision) -> Precision:

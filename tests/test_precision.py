@@ -126,17 +126,21 @@ def test_ppo_asks_for_the_hardware_choice_unless_the_launch_config_or_the_recipe
             ((True, False), (False, True), (False, False))] == ["bf16", "fp16", "no"]
 
 
-def test_ppo_accelerator_exports_the_choice_while_the_trainer_is_built_and_puts_the_variable_back(monkeypatch):
-    """A real accelerate Accelerator built inside the context computes in the precision asked; the
-    variable is as it was afterwards (absent, or the user's value)."""
+def test_ppo_environment_exports_the_choice_while_the_trainer_is_built_and_puts_the_variable_back(monkeypatch):
+    """A real accelerate Accelerator built inside accelerate's `patch_environment` with `ppo_environment`
+    computes in the precision asked; the variable is as it was afterwards (absent, or the user's value)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import patch_environment
+
+    def ppo_accelerator(asked, launched):
+        return patch_environment(**precision.ppo_environment(asked, launched))
 
     monkeypatch.delenv(precision.MIXED_PRECISION_VARIABLE, raising=False)
     asked = precision.for_ppo({}, NATIVE_CPU, None)
     AcceleratorState._reset_state(reset_partial_state=True)
     try:
-        with precision.ppo_accelerator(asked):
+        with ppo_accelerator(asked, None):
             accelerator = Accelerator(cpu=True)
         assert accelerator.mixed_precision == "bf16"
         assert precision.of_accelerator(accelerator.mixed_precision, asked) == asked
@@ -144,11 +148,11 @@ def test_ppo_accelerator_exports_the_choice_while_the_trainer_is_built_and_puts_
         AcceleratorState._reset_state(reset_partial_state=True)
     assert precision.MIXED_PRECISION_VARIABLE not in os.environ
     monkeypatch.setenv(precision.MIXED_PRECISION_VARIABLE, "no")  # what a silent launch config exports
-    with precision.ppo_accelerator(precision.for_ppo({}, NATIVE_CPU, "no")):
+    with ppo_accelerator(precision.for_ppo({}, NATIVE_CPU, "no"), "no"):
         assert os.environ[precision.MIXED_PRECISION_VARIABLE] == "bf16"
     assert os.environ[precision.MIXED_PRECISION_VARIABLE] == "no"
     monkeypatch.setenv(precision.MIXED_PRECISION_VARIABLE, "fp8")  # a launch config's own choice is left alone
-    with precision.ppo_accelerator(precision.for_ppo({}, AVX2_CPU, "fp8")):
+    with ppo_accelerator(precision.for_ppo({}, AVX2_CPU, "fp8"), "fp8"):
         assert os.environ[precision.MIXED_PRECISION_VARIABLE] == "fp8"
     assert os.environ[precision.MIXED_PRECISION_VARIABLE] == "fp8"
 

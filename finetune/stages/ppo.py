@@ -100,6 +100,7 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
     tokenizer.padding_side to "left" (queries are generated from), and back to "right" on the main process
     before the tokenizer is saved with the model.
     """
+    from accelerate.utils import patch_environment
     from trl.experimental.ppo import PPOTrainer
 
     from finetune.modeling import load_reward_model
@@ -125,9 +126,9 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
     value_params = modeling.count_parameters(value_model)
     log(f"policy from {source}; reward and value models from {reward_dir}; value model trains "
         f"{value_params['trainable']:,} of {value_params['total']:,} parameters ({stage['value_model']})")
-    asked = precision.for_ppo(stage["train"], precision.detect(),
-                              os.environ.get(precision.MIXED_PRECISION_VARIABLE))
-    with precision.ppo_accelerator(asked):  # its Accelerator reads the variable when it is built
+    launched = os.environ.get(precision.MIXED_PRECISION_VARIABLE)
+    asked = precision.for_ppo(stage["train"], precision.detect(), launched)
+    with patch_environment(**precision.ppo_environment(asked, launched)):  # read when its Accelerator is built
         trainer = common.build_trainer(PPOTrainer, stage, args=args, processing_class=tokenizer, model=policy,
                                        ref_model=None, reward_model=reward_model, train_dataset=train,
                                        value_model=value_model, eval_dataset=evald, peft_config=peft)
