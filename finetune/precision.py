@@ -45,6 +45,14 @@ class Precision:
         """What the manifest records: {"compute": `name`, "bf16", "fp16", "reason"}."""
         return {"compute": self.name, "bf16": self.bf16, "fp16": self.fp16, "reason": self.reason}
 
+    def autocast(self, device_type: str):
+        """torch's autocast context for this precision on `device_type` ("cpu", "cuda"): bf16 or fp16
+        autocast, or a disabled one (the model's own dtype) for fp32."""
+        import torch
+
+        dtype = torch.float16 if self.fp16 else torch.bfloat16
+        return torch.autocast(device_type, dtype=dtype, enabled=self.bf16 or self.fp16)
+
 
 def cpu_native_bf16(flags: set[str], capability: str, onednn_isa: str | None) -> tuple[bool, str]:
     """Whether bf16 matmuls run natively on this CPU, and the reason in words.

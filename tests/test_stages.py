@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import DATA, sft_recipe
 
+from finetune import precision
 from finetune.pipeline import run_recipe
 from finetune.recipe import load_recipe
 
@@ -56,7 +57,9 @@ def test_reward_stage_reloads_as_sequence_classifier_and_reports_accuracy(tiny_l
 
     pairs = stage_data(recipe["data"], recipe["stages"][1], recipe["seed"], "pairs")["eval"]
     reloaded, tok = load_reward_model(out["artifact"]["model"], recipe["base_model"])
-    assert pairwise_accuracy(reloaded, tok, pairs, "chat")["accuracy"] == acc["accuracy"]
+    trained_in = precision.training({}, precision.detect())  # the stage's train: block leaves it to the hardware
+    assert acc["compute"] == trained_in.name
+    assert pairwise_accuracy(reloaded, tok, pairs, "chat", trained_in)["accuracy"] == acc["accuracy"]
 
 
 def test_dpo_lora_uses_disabled_adapter_as_reference_and_changes_the_policy(tiny_llama, write_recipe, tmp_path,
