@@ -19,7 +19,7 @@ LAYERS = [
     ("leaves", {"finetune", "errors", "schema", "squad", "ranks", "stats", "manifest", "userfiles", "trl_fields",
                 "kernel_paths", "packing", "runlock", "stages", "bench", "precision", "recipe_types"}),
     ("data and models", {"data", "preference", "pii", "tiny", "realmodels", "gguf_models", "modeling",
-                         "chat_templates", "rewards", "audit", "students"}),
+                         "chat_templates", "rewards", "audit", "students", "completion_logits"}),
     ("evaluation and artifacts", {"evaluation", "overlap", "published", "score", "review", "artifacts", "watch",
                                   "sampled_pairs", "eval_models"}),
     ("validation and data audit", {"recipe", "data_audit"}),

@@ -169,8 +169,8 @@ def train_against_reference(trainer_cls: type[Trainer], base_model: BaseModel, s
     """What DPO and KTO share after their data: the policy of `from` (quantised if the stage asks), TRL's
     reference (the policy with its adapter disabled under peft, else a frozen copy), training, the record.
 
-    `trainer_cls` is DPOTrainer or KTOTrainer; `model` the policy if already loaded (`load_policy`); `extra`
-    goes into the record (the stage's label audit).
+    `trainer_cls` is a DPOTrainer (finetune.completion_logits) or KTOTrainer; `model` the policy if already
+    loaded (`load_policy`); `extra` goes into the record (the stage's label audit).
     """
     if model is None:
         model, source = load_policy(base_model, stage, init, args.gradient_checkpointing)

@@ -1,4 +1,5 @@
-"""DPO stage: TRL's DPOTrainer from the policy of an earlier stage (usually SFT).
+"""DPO stage: TRL's DPOTrainer from the policy of an earlier stage (usually SFT), with the language-model head
+run on the completions' positions only (finetune.completion_logits).
 
 With an adapter the reference is the same model with the adapter disabled, so there is no second copy;
 in full finetuning TRL keeps a frozen copy of the starting policy as the reference.
@@ -31,22 +32,22 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
     F1 labels (then also the sampling summary). Raises UserError for bad data, a missing chat template, a
     failed pair audit or settings TRL rejects.
     """
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig
+
+    from finetune.completion_logits import CompletionLogitsDPOTrainer
 
     if stage["sample_pairs"]:
         return _run_on_sampled_pairs(shared, stage, init, stage_dir, log)
     tokenizer, data, args, pair_audit = common.prepare_pairs(shared, stage, init, stage_dir, DPOConfig, log)
-    return common.train_against_reference(DPOTrainer, shared.base_model, stage, init, stage_dir, tokenizer, data, args,
-                                          log,
-                                          label_audit=pair_audit)
+    return common.train_against_reference(CompletionLogitsDPOTrainer, shared.base_model, stage, init, stage_dir,
+                                          tokenizer, data, args, log, label_audit=pair_audit)
 
 
 def _run_on_sampled_pairs(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log) -> dict:
     """DPO on metric-labelled pairs (finetune.sampled_pairs): the starting policy samples answers to the
     prompt rows, SQuAD F1 against their gold answers picks (best, worst), and the same policy then trains."""
-    from trl import DPOTrainer
-
     from finetune import audit, sampled_pairs
+    from finetune.completion_logits import CompletionLogitsDPOTrainer
     from finetune.data import stage_data
 
     tokenizer = common.stage_tokenizer(shared.base_model, init)
@@ -59,6 +60,6 @@ def _run_on_sampled_pairs(shared: Shared, stage: Stage, init: dict, stage_dir: P
     data = {**data, "train": pairs, "eval": None,
             "report": {**data["report"], "train_rows": len(pairs), "prompt_rows": data["report"]["train_rows"]}}
     pair_audit = audit.preference_audit(pairs, tokenizer, data["kind"], args.max_length, stage["audit"])
-    return common.train_against_reference(DPOTrainer, shared.base_model, stage, init, stage_dir, tokenizer, data, args,
-                                          log,
-                                          model=model, label_audit=pair_audit, sampled_pairs=summary)
+    return common.train_against_reference(CompletionLogitsDPOTrainer, shared.base_model, stage, init, stage_dir,
+                                          tokenizer, data, args, log, model=model, label_audit=pair_audit,
+                                          sampled_pairs=summary)

@@ -138,6 +138,7 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
         accuracy = {**pairwise_accuracy(reloaded, tokenizer, held_out, data["kind"], chosen),
                     "split": "eval" if data["eval"] is not None else "train (no eval_split set)"}
         log(f"reward model pairwise accuracy on {accuracy['split']}: {accuracy['accuracy']:.3f} "
-            f"({accuracy['pairs']} pairs, mean margin {accuracy['mean_margin']:+.3f}, scored in {accuracy['compute']})")
+            f"({accuracy['pairs']} pairs, mean margin {accuracy['mean_margin']:+.3f}, "
+            f"scored in {accuracy['compute']})")
     return common.record(trainer, result, args, stage, data, tokenizer, out, source, False,
                          reward_accuracy=accuracy, trained_with_adapter=peft is not None, label_audit=pair_audit)
