@@ -149,7 +149,7 @@ def ppo_environment(chosen: Precision, launched: str | None) -> dict[str, str]:
 
     Under that Accelerator the PPO updates' forward passes (policy and value model, through the wrapper it
     prepares) run under autocast; the rollouts (generation, reference, value and reward-model scores) call
-    the unprepared models and run outside autocast, in the models' own dtype (fp32 unless loaded otherwise).
+    the unprepared models, which the PPO stage wraps in the same autocast (finetune.stages.ppo.autocast_rollouts).
     """
     if launched and launched.lower() != "no":
         return {}

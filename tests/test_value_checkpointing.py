@@ -85,32 +85,37 @@ def test_ppo_stage_checkpoints_policy_and_value_model_as_the_recipe_says(tiny_ll
 
 
 @pytest.mark.parametrize(("train", "autocast"), [({}, True), ({"bf16": False}, False)])
-def test_ppo_stage_autocasts_its_updates_not_its_rollouts_where_the_hardware_runs_bf16(
+def test_ppo_stage_autocasts_its_updates_and_its_rollouts_where_the_hardware_runs_bf16(
         tiny_llama, write_recipe, tmp_path, monkeypatch, train, autocast):
     """TRL's PPOTrainer ignores its config's bf16: the stage hands the hardware's choice (here a CPU with native
-    bf16, whatever this one has) to its Accelerator, even when a silent `accelerate launch` exported "no". The
-    policy's forward passes run under autocast in the updates only, never in the rollouts; the manifest says
-    what the Accelerator computed in. With the recipe's `bf16: false` nothing is autocast."""
+    bf16, whatever this one has) to its Accelerator, even when a silent `accelerate launch` exported "no", and
+    wraps the models the rollouts call in the same autocast. Every forward pass of the policy (generation,
+    reference, updates), the value model and the reward model runs under autocast; the manifest says what the
+    Accelerator computed in. With the recipe's `bf16: false` nothing is autocast."""
     from finetune import precision
 
     native = precision.Hardware(cuda=False, cuda_bf16=False, cpu_bf16=True, cpu_reason="the CPU runs bf16 natively")
     monkeypatch.setattr(precision, "detect", lambda: native)
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
-    calls = []  # (grad enabled: an update, not a rollout; autocast on) per policy forward
+    calls = []  # (model, grad enabled: an update, not a rollout, autocast on) per forward of a first layer
     original = PPOTrainer.train
 
     def train_and_watch(self):
-        self.model.policy.register_forward_hook(
-            lambda module, args, output: calls.append((torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"))))
+        models = {"policy": self.policy_model.get_base_model(), "value": self.value_model,
+                  "reward": self.reward_model}
+        for name, model in models.items():  # a first layer runs inside whatever wraps its model's forward
+            getattr(model, model.base_model_prefix).layers[0].register_forward_hook(
+                lambda module, args, output, name=name: calls.append(
+                    (name, torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"))))
         return original(self)
 
     monkeypatch.setattr(PPOTrainer, "train", train_and_watch)
     stage = _ppo()
     stage["train"] = {**stage["train"], **train}
     run(recipe_with(tiny_llama, reward_stage(), stage), write_recipe, tmp_path)
-    updates = {on for grad, on in calls if grad}
-    rollouts = {on for grad, on in calls if not grad}
-    assert updates == {autocast} and rollouts == {False}, calls
+    seen = {(name, grad) for name, grad, _ in calls}
+    assert seen == {("policy", True), ("policy", False), ("value", True), ("value", False), ("reward", False)}
+    assert {on for _, _, on in calls} == {autocast}, calls
     recorded = json.loads(next(tmp_path.rglob("ppo/manifest.json")).read_text())["precision"]
     assert recorded["compute"] == ("bf16 autocast" if autocast else "fp32"), recorded
     assert os.environ["ACCELERATE_MIXED_PRECISION"] == "no"  # put back

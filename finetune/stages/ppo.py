@@ -70,6 +70,25 @@ def checkpoint_models(policy: PreTrainedModel, value_model: PreTrainedModel, arg
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
 
 
+def autocast_rollouts(trainer, chosen: precision.Precision) -> None:
+    """Run the rollouts of TRL's PPOTrainer in `chosen` (bf16 or fp16 autocast), as its updates already are.
+
+    The trainer's Accelerator autocasts only the policy-and-value wrapper it prepares, which the updates call;
+    the rollouts call the models themselves: generation and the reference log-probabilities through the
+    policy's causal LM (the reference is that LM with its adapter disabled, or a frozen copy), the value and
+    reward scores through each classifier's backbone (TRL's `get_reward`). Each of those modules' `forward` is
+    wrapped in its own autocast context, as accelerate wraps a prepared model's; backward passes stay outside
+    autocast. On a 2-core bf16 CPU the real recipe's first two PPO updates took 106 s, not 124 s in fp32
+    rollouts. Side effect: replaces `forward` on those module instances.
+    """
+    lms = [m.get_base_model() if hasattr(m, "get_base_model") else m
+           for m in (trainer.policy_model, trainer.ref_model) if m is not None]
+    backbones = [getattr(m, m.base_model_prefix) for m in (trainer.value_model, trainer.reward_model)]
+    device = trainer.accelerator.device.type
+    for module in dict.fromkeys([*lms, *backbones]):
+        module.forward = chosen.autocast(device)(module.forward)
+
+
 # The value model's adapter when the stage's own `peft` is not LoRA-family: schema.PEFT's LoRA defaults, no
 # dropout (TRL turns dropout off in the value model anyway).
 VALUE_LORA = {**{name: PEFT.keys[name].default for name in ("method", "r", "alpha", "target_modules")},
@@ -135,9 +154,9 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
     accelerator = trainer.accelerator
     chosen = precision.of_accelerator(accelerator.mixed_precision if accelerator.native_amp else "no", asked)
     if chosen.bf16 or chosen.fp16:
-        log(f"{chosen.name} in the PPO updates' forward passes; rollouts (generation, reference, value and "
-            "reward scores) outside autocast, in the models' own dtype: TRL's PPOTrainer autocasts only the "
-            "policy-and-value model it prepares")
+        autocast_rollouts(trainer, chosen)
+        log(f"{chosen.name} in every forward pass: the PPO updates' (by its Accelerator) and the rollouts' "
+            "(generation; reference, value and reward scores), which TRL's PPOTrainer runs outside autocast")
     common.train(trainer, stage_dir, log, resumable=False, chosen=chosen)
     trainer.save_model(str(stage_dir / "model"))
     if trainer.is_world_process_zero():
