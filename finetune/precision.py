@@ -149,7 +149,8 @@ def ppo_environment(chosen: Precision, launched: str | None) -> dict[str, str]:
 
     Under that Accelerator the PPO updates' forward passes (policy and value model, through the wrapper it
     prepares) run under autocast; the rollouts (generation, reference, value and reward-model scores) call
-    the unprepared models, which the PPO stage wraps in the same autocast (finetune.stages.ppo.autocast_rollouts).
+    the unprepared models; the PPO stage wraps the value and reward models' in the same autocast and leaves
+    generation and the reference in the models' own dtype (finetune.stages.ppo.autocast_scoring).
     """
     if launched and launched.lower() != "no":
         return {}

@@ -70,23 +70,23 @@ def checkpoint_models(policy: PreTrainedModel, value_model: PreTrainedModel, arg
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
 
 
-def autocast_rollouts(trainer, chosen: precision.Precision) -> None:
-    """Run the rollouts of TRL's PPOTrainer in `chosen` (bf16 or fp16 autocast), as its updates already are.
+def autocast_scoring(trainer, chosen: precision.Precision) -> None:
+    """Run the value and reward scores of TRL's PPOTrainer's rollouts in `chosen` (bf16 or fp16 autocast).
 
     The trainer's Accelerator autocasts only the policy-and-value wrapper it prepares, which the updates call;
-    the rollouts call the models themselves: generation and the reference log-probabilities through the
-    policy's causal LM (the reference is that LM with its adapter disabled, or a frozen copy), the value and
-    reward scores through each classifier's backbone (TRL's `get_reward`). Each of those modules' `forward` is
-    wrapped in its own autocast context, as accelerate wraps a prepared model's; backward passes stay outside
-    autocast. On a 2-core bf16 CPU the real recipe's first two PPO updates took 106 s, not 124 s in fp32
-    rollouts. Side effect: replaces `forward` on those module instances.
+    the rollouts call the models themselves. The value and reward models' backbones (what TRL's `get_reward`
+    calls) get their `forward` wrapped in autocast, as accelerate wraps a prepared model's; backward passes stay
+    outside autocast. The policy's rollouts are left in the model's own dtype: the KL TRL logs and puts into
+    the reward is the sampled tokens' log-probability at generation minus the reference's from a whole-sequence
+    forward pass, two different computations whose rounding does not cancel in bf16. With both autocast, that
+    KL read 0.0095 at the first update, where the policy still equals its reference, and swung between -0.05
+    and +0.05 over the real recipe's 8 updates (true KL about 0.002; fp32: -4.5e-6 at the first update).
+    Side effect: replaces `forward` on the two backbones.
     """
-    lms = [m.get_base_model() if hasattr(m, "get_base_model") else m
-           for m in (trainer.policy_model, trainer.ref_model) if m is not None]
-    backbones = [getattr(m, m.base_model_prefix) for m in (trainer.value_model, trainer.reward_model)]
     device = trainer.accelerator.device.type
-    for module in dict.fromkeys([*lms, *backbones]):
-        module.forward = chosen.autocast(device)(module.forward)
+    for model in dict.fromkeys((trainer.value_model, trainer.reward_model)):
+        backbone = getattr(model, model.base_model_prefix)
+        backbone.forward = chosen.autocast(device)(backbone.forward)
 
 
 # The value model's adapter when the stage's own `peft` is not LoRA-family: schema.PEFT's LoRA defaults, no
@@ -154,9 +154,10 @@ def run(shared: Shared, stage: Stage, init: dict, stage_dir: Path, log=print) ->
     accelerator = trainer.accelerator
     chosen = precision.of_accelerator(accelerator.mixed_precision if accelerator.native_amp else "no", asked)
     if chosen.bf16 or chosen.fp16:
-        autocast_rollouts(trainer, chosen)
-        log(f"{chosen.name} in every forward pass: the PPO updates' (by its Accelerator) and the rollouts' "
-            "(generation; reference, value and reward scores), which TRL's PPOTrainer runs outside autocast")
+        autocast_scoring(trainer, chosen)
+        log(f"{chosen.name} in the PPO updates' forward passes and the rollouts' value and reward scores; the "
+            "rollouts' generation and reference log-probabilities in the models' own dtype, so that the KL "
+            "between them is not rounding noise")
     common.train(trainer, stage_dir, log, resumable=False, chosen=chosen)
     trainer.save_model(str(stage_dir / "model"))
     if trainer.is_world_process_zero():
