@@ -34,7 +34,7 @@ help:
 	@echo "make demo-spread  the demo over 5 seeds x 2 CPU kernel paths: min/median/max per target (50-85 min)"
 	@echo "make lint      ruff"
 	@echo "make bench     benchmarks B1-B5 on CPU (about 25 min on a 2-core machine; --quick: 5 min)"
-	@echo "make bench-real  B7 evaluation throughput, B8 MFU, B9 pair sampling, B10 SFT speed on the real model (after make smollm2-135m-squad)"
+	@echo "make bench-real  B7 evaluation throughput, B8 MFU, B9 pair sampling, B10 SFT speed, B11 DPO speed on the real model (after make smollm2-135m-squad)"
 	@echo "make recipes   list every recipe target; make <recipe> runs it, make <recipe>-<stage> one stage"
 	@echo "make tiny      build the tiny Llama and Qwen2 models (and the demo's student) under models/"
 	@echo "make vocab     real Llama 3 and Qwen2 tokenizers (GGUF vocabularies from the llama-cpp-python sdist)"
@@ -107,12 +107,14 @@ bench-eval: $(STAMP) $(TINY)
 
 # B7, B8 and B9 read the run of `make smollm2-135m-squad` (its SFT stage); about 16 minutes on 2 cores.
 # B10 trains the recipe's SFT stage itself, eight ways, 8 steps each, 2 rounds: about 30 minutes more.
+# B11 trains its DPO stage from that run's SFT, two ways, 6 steps each, 2 rounds: about 12 minutes more.
 REAL_RUN ?= runs/smollm2-135m-squad
 bench-real: $(STAMP) $(SMOLLM2_DIR)/gguf_source.json
 	$(BIN)/python -m finetune.bench.mfu $(REAL_RUN)/sft
 	$(BIN)/python -m finetune.bench.eval_real --model $(REAL_RUN)/sft --questions 96 --rounds 2
 	$(BIN)/python -m finetune.bench.sample_pairs --model $(REAL_RUN)/sft --prompts 32 --rounds 2
 	$(BIN)/python -m finetune.bench.sft_real --steps 8 --rounds 2
+	$(BIN)/python -m finetune.bench.dpo_real --run $(REAL_RUN) --steps 6 --rounds 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -28,7 +28,7 @@ LAYERS = [
     ("pipeline and report", {"pipeline", "report"}),
     ("commands", {"cli", "chat", "targets", "demo", "__main__", "bench.__main__", "bench.demo_spread",
                   "bench.memory", "bench.overhead", "bench.packing", "bench.startup", "bench.eval_real", "bench.mfu",
-                  "bench.sample_pairs", "bench.sft_real"}),
+                  "bench.sample_pairs", "bench.sft_real", "bench.dpo_real"}),
 ]
 LAYER_OF = {name: i for i, (_, names) in enumerate(LAYERS) for name in names}
 

@@ -71,6 +71,19 @@ def test_tiny_pipeline_end_to_end_then_rerun_trains_nothing(tiny_llama, tmp_path
     assert "results up to date, skipped" in err and "resuming" not in err
     assert {s: (tmp_path / "run" / s / "manifest.json").stat().st_mtime_ns for s in STAGES[name]} == stamps
     assert again == results
+    # the last stage's weights as a retraining with the same inputs may leave them (other code, another CPU):
+    # its scores are those of the new weights, the other stages' stay cached
+    from safetensors.torch import load_file, save_file
+
+    last = STAGES[name][-1]
+    weights = sorted((tmp_path / "run" / last / "model").rglob("*.safetensors"))[0]
+    tensors = load_file(weights)
+    first = next(iter(tensors))
+    save_file({**tensors, first: tensors[first] + 1e-3}, weights, metadata={"format": "pt"})
+    run_recipe(load_recipe(f"recipes/tiny/{name}.yaml", overrides), output_dir=out_dir)
+    err = capsys.readouterr().err
+    assert f"eval {last}: results up to date, skipped" not in err and f"{last}: done with unchanged inputs" in err
+    assert all(f"eval {s}: results up to date, skipped" in err for s in ["base", *STAGES[name][:-1]] if s != "reward")
 
 
 def check_precision(run_dir, stages, err):

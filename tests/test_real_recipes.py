@@ -99,3 +99,21 @@ def test_the_sft_benchmark_variants_are_settings_of_the_real_recipe():
         assert list(sft["data"]) == ["squad"] and train["gradient_accumulation_steps"] == 1
         assert train["bf16"] is (precision == "bf16") and train["packing"] is (layout == "packed")
         assert train["per_device_train_batch_size"] == (2 if layout == "packed" else 8)
+
+
+def test_the_dpo_benchmark_variants_train_with_trls_trainer_and_with_the_stages(monkeypatch):
+    """B11 (finetune.bench.dpo_real): the `trl` variant's process makes the dpo stage use TRL's DPOTrainer; the
+    other runs the stage as committed, with finetune.completion_logits' subclass; its overrides resolve."""
+    import trl
+
+    from finetune import completion_logits
+    from finetune.bench.dpo_real import AS_TRL, RECIPE, use_trls_trainer
+
+    committed = completion_logits.CompletionLogitsDPOTrainer
+    assert issubclass(committed, trl.DPOTrainer) and committed is not trl.DPOTrainer
+    monkeypatch.setattr(completion_logits, "CompletionLogitsDPOTrainer", committed)  # put back afterwards
+    use_trls_trainer()
+    assert completion_logits.CompletionLogitsDPOTrainer is trl.DPOTrainer
+    assert "use_trls_trainer()" in AS_TRL
+    recipe = load_recipe(REPO / RECIPE, ["stages.dpo.train.max_steps=6", "stages.dpo.train.logging_steps=1"])
+    assert next(s for s in recipe["stages"] if s["name"] == "dpo")["train"]["max_steps"] == 6
