@@ -215,13 +215,6 @@ def _init_for(stage: Stage, results: dict) -> dict:
     return init
 
 
-def _files_identity(folder: Path) -> dict[str, str]:
-    """{file name relative to `folder`: sha256} for every file under a stage's model folder. A stage's results
-    are cached by its inputs and these: a stage trained again with the same inputs (its folder deleted, or other
-    code) may hold other weights, and its scores must not be the old model's."""
-    return {str(f.relative_to(folder)): _file_hash(f) for f in sorted(folder.rglob("*")) if f.is_file()}
-
-
 def _folder_identity(path: str) -> dict:
     """A model folder named in a recipe (a teacher, a student): its files' sha256, so new weights mean new inputs."""
     return {"path": path, "sha256": _source_identity({"path": path})["sha256"]}
@@ -375,7 +368,10 @@ def run_evals(recipe: Recipe, run_dir: Path, results: dict) -> None:
     choice = precision.generation_dtype(cfg["dtype"], precision.detect())[0] or "as loaded"
     table: dict[str, dict[str, dict]] = {}
     for label, model_dir, manifest in plan:
-        identity = mf.inputs_fingerprint(stage=manifest["inputs_fingerprint"], model=_files_identity(model_dir)) \
+        # a stage's scores are cached by its inputs and its model's files: a stage trained again with the same
+        # inputs (its folder deleted, other code) may hold other weights, and must not keep the old model's scores
+        identity = mf.inputs_fingerprint(stage=manifest["inputs_fingerprint"],
+                                         model=_folder_identity(str(model_dir))) \
             if manifest else mf.inputs_fingerprint(base=recipe["base_model"])
         if model_dir is not None and manifest is None:  # a distill stage's starting student
             identity = mf.inputs_fingerprint(student=_folder_identity(str(model_dir)), base=recipe["base_model"])
