@@ -94,11 +94,15 @@ def test_the_sft_benchmark_variants_are_settings_of_the_real_recipe():
         if name.startswith("recipe"):
             assert list(sft["data"]) == ["paragraphs"] and "packing" not in train
             assert train.get("bf16", True) is (name != "recipe_fp32")
+            assert sft["peft"]["dropout"] == (0 if name == "recipe_nodrop" else 0.05)
             continue
-        precision, layout = name.split("_")
+        precision, layout, *dropout = name.split("_")
         assert list(sft["data"]) == ["squad"] and train["gradient_accumulation_steps"] == 1
         assert train["bf16"] is (precision == "bf16") and train["packing"] is (layout == "packed")
         assert train["per_device_train_batch_size"] == (2 if layout == "packed" else 8)
+        sampling = train.get("train_sampling_strategy", "random")
+        assert sampling == ("group_by_length" if layout == "grouped" else "random")
+        assert sft["peft"]["dropout"] == (0 if dropout == ["nodrop"] else 0.05)
 
 
 def test_the_dpo_benchmark_variants_train_with_trls_trainer_and_with_the_stages(monkeypatch):
