@@ -94,7 +94,7 @@ def test_the_sft_benchmark_variants_are_settings_of_the_real_recipe():
         if name.startswith("recipe"):
             assert list(sft["data"]) == ["paragraphs"] and "packing" not in train
             assert train.get("bf16", True) is (name != "recipe_fp32")
-            assert sft["peft"]["dropout"] == (0 if name == "recipe_nodrop" else 0.05)
+            assert sft["peft"]["dropout"] == (0.05 if name == "recipe_dropout" else 0)
             continue
         precision, layout, *dropout = name.split("_")
         assert list(sft["data"]) == ["squad"] and train["gradient_accumulation_steps"] == 1

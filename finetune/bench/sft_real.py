@@ -10,9 +10,10 @@ own, with these settings on top (variants alternate A B C ... then ... C B A, so
                  (about the 8 rows' tokens), fp32
   bf16_padded    fp32_padded under bf16 autocast
   bf16_packed    fp32_packed under bf16 autocast
-  bf16_packed_nodrop   bf16_packed without the adapter's input dropout (peft lora_dropout 0; the others keep the
-                 recipe's 0.05 of 2026-11-29): drawing the dropout masks (aten::bernoulli_, one per adapted
-                 layer) took 18% of a bf16_packed step in torch's profiler on a Zen 4
+  bf16_packed_nodrop   bf16_packed without the adapter's input dropout (peft lora_dropout 0; the other question-row
+                 variants keep 0.05, the recipe's until 2026-12-02): drawing the dropout masks
+                 (aten::bernoulli_, one per adapted layer) took 18% of a bf16_packed step in torch's profiler
+                 on a Zen 4
   bf16_grouped_nodrop  8 rows a step padded to the longest, the rows grouped by length (transformers'
                  `train_sampling_strategy: group_by_length`, LengthGroupedSampler), bf16, no dropout: attention
                  runs over each row's own length, not over packed rows of 1024 behind a block-diagonal mask.
@@ -21,7 +22,7 @@ own, with these settings on top (variants alternate A B C ... then ... C B A, so
   recipe         the recipe as committed: one paragraph conversation a step (each context read once), in the
                  precision the hardware picks (bf16 where native)
   recipe_fp32    the recipe in fp32 (bf16: false)
-  recipe_nodrop  the recipe without the adapter's input dropout (0.05 in the recipe)
+  recipe_dropout the recipe with the adapter dropout of 0.05 it had until 2026-12-02 (0 since)
   recipe_mmap    the recipe with glibc's mmap threshold fixed at 1 MiB (MALLOC_MMAP_THRESHOLD_): blocks that
                  large go back to the OS when freed instead of staying in the heap (measures what the heap keeps)
   recipe_bf16w   the recipe with the frozen base weights stored in bf16 (base_model.dtype: bfloat16; peft keeps
@@ -65,7 +66,7 @@ VARIANTS = {
     "bf16_grouped_nodrop": [*GROUPED, "stages.sft.train.bf16=true", NO_DROPOUT],
     "recipe": [],
     "recipe_fp32": ["stages.sft.train.bf16=false"],
-    "recipe_nodrop": [NO_DROPOUT],
+    "recipe_dropout": ["stages.sft.peft.dropout=0.05"],
     "recipe_bf16w": ["base_model.dtype=bfloat16", "stages.sft.train.bf16=true"],
     "recipe_mmap": [],
 }
