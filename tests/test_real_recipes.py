@@ -10,6 +10,8 @@ are the recipe's own.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import DATA, REPO
 
@@ -103,6 +105,39 @@ def test_the_sft_benchmark_variants_are_settings_of_the_real_recipe():
         sampling = train.get("train_sampling_strategy", "random")
         assert sampling == ("group_by_length" if layout == "grouped" else "random")
         assert sft["peft"]["dropout"] == (0 if dropout == ["nodrop"] else 0.05)
+
+
+def test_mfu_counts_the_lm_head_on_the_supervised_tokens_only(tmp_path):
+    """B8/B10's model FLOPs: 6N / 4N with N = SmolLM2-135M's 134.5M matmul weights (its head tied), the head's
+    share scaled by the label audit's supervised share, as TRL's default SFT loss (chunked_nll) runs the head;
+    with `loss_type: nll` the head runs on every token and counts on every token."""
+    from finetune.bench.mfu import flops_per_token, stage_mfu
+
+    config = {"hidden_size": 576, "num_hidden_layers": 30, "intermediate_size": 1536, "vocab_size": 49152,
+              "num_attention_heads": 9, "num_key_value_heads": 3}
+    body, head = 106_168_320, 576 * 49152
+    assert flops_per_token(config, "full", False, 0) == 6 * (body + head) == 6 * 134_479_872
+    assert flops_per_token(config, "lora", True, 0, 0.02) == pytest.approx(6 * (body + 0.02 * head))
+    attention = 4 * 30 * 244 * 576
+    assert flops_per_token(config, "lora", False, 244, 0.5) == pytest.approx(2 * (2 * (body + head / 2) + attention))
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    stage = tmp_path / "sft"
+    stage.mkdir()
+    (stage / "metrics.jsonl").write_text(json.dumps({"num_tokens": 1000.0}) + "\n")
+    for loss_type, share in ((None, 0.05), ("chunked_nll", 0.05), ("nll", 1.0)):
+        train = {"gradient_checkpointing": False} | ({"loss_type": loss_type} if loss_type else {})
+        (stage / "manifest.json").write_text(json.dumps({
+            "stage": "sft", "artifact": {"base": str(tmp_path / "model")},
+            "train_metrics": {"num_tokens": 1000.0, "train_runtime": 4.0},
+            "resolved_recipe": {"stages": [{"name": "sft", "peft": {"r": 16}, "train": train}]},
+            "label_audit": {"tokens": {"mean": 244.0}, "supervised_share": 0.05},
+            "precision": {"compute": "bf16 autocast"}}))
+        got = stage_mfu(stage, {"float32": 100.0, "bfloat16": 400.0})
+        expected = flops_per_token(config, "lora", False, 244.0, share) * 1000 / 4.0 / 1e9
+        assert got["head_share"] == share and got["achieved_gflops"] == round(expected, 1)
+        assert got["mfu"] == round(expected / 400.0, 4)
 
 
 def test_the_dpo_benchmark_variants_train_with_trls_trainer_and_with_the_stages(monkeypatch):

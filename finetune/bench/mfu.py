@@ -4,11 +4,18 @@ measured dense GEMM peak, in fp32 and bf16.
 The peak is measured, not looked up: the median of alternated rounds of square matmuls (torch.matmul, the
 threads torch uses). Model FLOPs per trained token follow Kaplan et al. (2020) and the PaLM paper's MFU
 (Chowdhery et al., 2022, appendix B): a forward pass costs 2 FLOPs per weight that multiplies (every linear
-layer, the LM head included; not the embedding lookup) plus the attention scores and mixing, 4 x layers x
+layer and the LM head; not the embedding lookup) plus the attention scores and mixing, 4 x layers x
 context x width (here context = the mean example length, since packed examples attend only within
 themselves). Full finetuning costs 3 forwards (forward, activation gradients, weight gradients) = 6N;
 LoRA skips the frozen weights' gradients: 2 forwards = 4N (the adapter's own cost is under 1% at r 16);
 gradient checkpointing recomputes the forward once more (+2N).
+
+The LM head is counted on the supervised tokens only. PaLM's 6N counts it on every token because pretraining
+supervises every token; an SFT loss reads only the answer tokens, and TRL's SFT loss (`loss_type:
+chunked_nll`, its default) runs the head on those alone. Counting it on the prompt tokens too would credit
+work that is neither needed nor done: SmolLM2-135M's 49k x 576 head is 21% of its matmul weights, and 2% of
+the XQuAD question rows' tokens are supervised. The share is the stage's label audit's `supervised_share`;
+with another `loss_type` the head counts on every token.
 
     .venv/bin/python -m finetune.bench.mfu runs/smollm2-135m-squad/sft
 """
@@ -39,9 +46,11 @@ def gemm_peak(dtype: str, n: int = 2048, rounds: int = 5, reps: int = 8) -> floa
     return statistics.median(rates)
 
 
-def flops_per_token(config: dict, method: str, checkpointing: bool, context: float) -> float:
+def flops_per_token(config: dict, method: str, checkpointing: bool, context: float, head_share: float = 1.0) -> float:
     """Training FLOPs per token (see the module docstring). `config` is the model's config.json; `method`
-    "full" or "lora"; `context` the mean number of tokens an example attends over."""
+    "full" or "lora"; `context` the mean number of tokens an example attends over; `head_share` the share of
+    tokens (0-1) the LM head runs on. With head_share 1 and no attention term this is 6N (full) or 4N (LoRA),
+    N = the matmul weights (134.5M for SmolLM2-135M, whose head is tied to the embedding)."""
     d, layers = config["hidden_size"], config["num_hidden_layers"]
     inter, vocab = config["intermediate_size"], config["vocab_size"]
     heads, kv_heads = (
@@ -50,7 +59,7 @@ def flops_per_token(config: dict, method: str, checkpointing: bool, context: flo
     )
     head_dim = config.get("head_dim") or d // heads
     per_layer = d * heads * head_dim + 2 * d * kv_heads * head_dim + heads * head_dim * d + 3 * d * inter
-    matmul_weights = layers * per_layer + d * vocab  # the LM head multiplies even when tied to the embedding
+    matmul_weights = layers * per_layer + head_share * d * vocab  # the head multiplies even when tied
     forward = 2 * matmul_weights + 4 * layers * context * heads * head_dim
     passes = (3 if method == "full" else 2) + (1 if checkpointing else 0)
     return passes * forward
@@ -72,7 +81,10 @@ def stage_mfu(stage_dir: Path, peaks: dict[str, float]) -> dict:
     checkpointing = bool(stage["train"].get("gradient_checkpointing", True))
     audit = manifest.get("label_audit") or {}
     context = (audit.get("tokens") or {}).get("mean") or 256
-    per_token = flops_per_token(config, method, checkpointing, context)
+    head_share = 1.0
+    if stage["train"].get("loss_type", "chunked_nll") == "chunked_nll" and "supervised_share" in audit:
+        head_share = audit["supervised_share"]
+    per_token = flops_per_token(config, method, checkpointing, context, head_share)
     achieved = tokens * per_token / seconds / 1e9
     compute = (manifest.get("precision") or {}).get("compute", "fp32")
     peak = peaks["bfloat16" if "bf16" in compute else "float32"]
@@ -89,6 +101,7 @@ def stage_mfu(stage_dir: Path, peaks: dict[str, float]) -> dict:
         "peak_gflops": round(peak, 1),
         "mfu": round(achieved / peak, 4),
         "context": context,
+        "head_share": head_share,
     }
 
 
