@@ -106,7 +106,8 @@ bench-eval: $(STAMP) $(TINY)
 	$(BIN)/python eval/bench_generation.py --rounds 5
 
 # B7, B8 and B9 read the run of `make smollm2-135m-squad` (its SFT stage); about 16 minutes on 2 cores.
-# B10 trains the recipe's SFT stage itself, eight ways, 8 steps each, 2 rounds: about 30 minutes more.
+# B10 trains the recipe's SFT stage itself, eleven ways, 8 steps each (50 for the grouped one), 2 rounds: about 50
+# minutes more.
 # B11 trains its DPO stage from that run's SFT, two ways, 6 steps each, 2 rounds: about 12 minutes more.
 REAL_RUN ?= runs/smollm2-135m-squad
 bench-real: $(STAMP) $(SMOLLM2_DIR)/gguf_source.json
