@@ -98,7 +98,32 @@ def load_base_model(base_model: dict, quant: dict | None = None, path: str | Non
     if qconfig is not None:
         _release_checkpoint(model)
         _one_4bit_kernel(model)
+    contiguous_head_input(model)
     return model
+
+
+def _contiguous(module: torch.nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: the module's first input, made contiguous (a no-op when it already is)."""
+    return (args[0].contiguous(), *args[1:]) if args and hasattr(args[0], "contiguous") else args
+
+
+def contiguous_head_input(model: torch.nn.Module) -> None:
+    """Give the LM head a contiguous input, so generation's first step does not copy the head's weight per row.
+
+    `generate()` computes the prompt's logits for its last position only (`logits_to_keep=1`): the head reads
+    `hidden[:, -1:, :]`, a (rows, 1, hidden) view that is not contiguous. For such an input and a weight that
+    does not require grad (a frozen base under an adapter: the generations of LoRA's GRPO and PPO, and every
+    evaluated model) torch's matmul does not fold the rows into one matrix product: it expands the (hidden,
+    vocab) weight to one copy per row and runs a batched product (pytorch/pytorch#151934). For SmolLM2
+    (vocabulary 49,152) in bf16 at 16 rows that copies 0.9 GB and took 1.19 s, against 8.7 ms on a contiguous
+    input (the same bits in bf16; in fp32 4x slower, the last bits differ): evaluation ran 1.36-1.49x faster
+    with the hook, with the same answers. `_contiguous` costs nothing where the input is contiguous already
+    (training's full logits). Side effect: registers a forward pre-hook on `model.get_output_embeddings()`
+    (when the model has one).
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and _contiguous not in head._forward_pre_hooks.values():
+        head.register_forward_pre_hook(_contiguous)
 
 
 def _one_4bit_kernel(model: PreTrainedModel) -> None:

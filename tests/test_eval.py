@@ -289,3 +289,37 @@ def test_a_stop_string_that_could_straddle_the_prompt_is_only_cut_after_generati
 
     assert safe_stops(["Question: x\nAnswer:\n"], ["\n\n", "\n", "###"]) == ["\n", "###"]
     assert safe_stops(["ends with #"], ["###"]) == []
+
+
+def test_batched_generation_reads_the_head_weight_once_not_once_per_row(tiny_llama, monkeypatch):
+    """generate()'s first step computes the head on `hidden[:, -1:, :]`, a non-contiguous view; with a frozen
+    head weight (a base under an adapter, a model under evaluation) torch's matmul then copies the (hidden,
+    vocab) weight once per row for a batched product (pytorch#151934, 137x slower on SmolLM2 in bf16). Models
+    loaded by `modeling.load_base_model` give the head a contiguous input: no batched product over the
+    vocabulary, and the same greedy answers as the model loaded plainly."""
+    from torch.profiler import ProfilerActivity, profile
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from finetune import modeling
+    from finetune.evaluation import build_prompts
+
+    monkeypatch.chdir(REPO)
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    task = load_task("squad_v1_tiny")
+    prompts = build_prompts(task, read_rows(task["data"], task["format"]), tok)[:4]
+    vocab = AutoModelForCausalLM.from_pretrained(tiny_llama).config.vocab_size
+
+    def head_copies(model) -> tuple[int, list[str]]:
+        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+            texts = generate(model, tok, prompts, 4, batch_size=4, chat=False, progress=False, share_prefixes=False)
+        return sum(e.name == "aten::bmm" and any(vocab in shape for shape in e.input_shapes)
+                   for e in prof.events()), texts
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_llama).eval().requires_grad_(False)
+    ours = modeling.load_base_model({**modeling.BASE_MODEL_DEFAULTS, "path": str(tiny_llama)}).eval()
+    ours.requires_grad_(False)
+    plain_copies, plain_texts = head_copies(plain)
+    ours_copies, ours_texts = head_copies(ours)
+    assert plain_copies >= 1, "the plainly loaded model runs the batched product (the torch behaviour fixed here)"
+    assert ours_copies == 0
+    assert ours_texts == plain_texts
