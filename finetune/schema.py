@@ -93,8 +93,8 @@ PEFT = Section({
     "r": Key((int,), 16, "adapter rank", minimum=1),
     "alpha": Key((int, float), 32, "LoRA alpha (scaling = alpha / r, or alpha / sqrt(r) for rslora)"),
     "dropout": Key((int, float), 0.05, "dropout on the adapter input; TRL's reward, DPO, KTO and PPO trainers turn "
-                                       "dropout off (on CPU, drawing its masks took 18% of a bf16 "
-                                       "SFT step: BENCHMARKS.md, B10; the real recipe uses 0)"),
+                                       "dropout off, and the stage logs a note then (on CPU, drawing its masks "
+                                       "took 18% of a bf16 SFT step: BENCHMARKS.md, B10; the real recipe uses 0)"),
     "target_modules": Key((str, list), "all-linear", "modules to adapt; all-linear = every linear but lm_head"),
     "modules_to_save": Key((list,), None, "modules trained in full and saved with the adapter"),
     "num_virtual_tokens": Key((int,), None, "prompt learning: soft-prompt length in tokens (default 20)", minimum=1),

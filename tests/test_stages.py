@@ -64,11 +64,16 @@ def test_reward_stage_reloads_as_sequence_classifier_and_reports_accuracy(tiny_l
 
 def test_dpo_lora_uses_disabled_adapter_as_reference_and_changes_the_policy(tiny_llama, write_recipe, tmp_path,
                                                                             capsys):
-    dpo = {"name": "dpo", "kind": "dpo", "data": ["prefs"], "peft": {"r": 8, "dropout": 0.0},
+    """...and says once, for the DPO stage, that the adapter dropout it was asked for is not applied (TRL's
+    DPOTrainer turns dropout off)."""
+    dpo = {"name": "dpo", "kind": "dpo", "data": ["prefs"], "peft": {"r": 8, "dropout": 0.1},
            "train": {"max_steps": 4, "per_device_train_batch_size": 8, "learning_rate": 5e-3, "beta": 0.1,
                      "max_length": 128, **FAST}}
     out = run(recipe_with(tiny_llama, dpo), write_recipe, tmp_path)["dpo"]
-    assert "reference: the policy with its adapter disabled" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "reference: the policy with its adapter disabled" in err
+    notes = [line for line in err.splitlines() if "is not applied" in line]
+    assert len(notes) == 1 and "dpo: note: peft.dropout 0.1 is not applied: " in notes[0], notes
     assert out["artifact"]["adapter"] and out["artifact"]["base"].endswith("sft/model")
     rows = [h for h in out_history(tmp_path, "dpo") if "loss" in h]
     assert len(rows) == 4 and all("rewards/margins" in h for h in rows)
@@ -147,3 +152,24 @@ def test_lora_sft_merged_for_next_stage_equals_base_plus_adapter(tiny_llama, wri
     # Merged weights sum in another order: 4.8e-7 at most on both kernel paths (AVX-512, AVX2; 2026-11-29).
     torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     assert not torch.allclose(a, base, atol=1e-3)
+
+
+def test_dropout_note_reads_the_model_as_built(tiny_llama):
+    """SFT keeps the adapter's dropout (no note); TRL's own disable_dropout_in_model, as its DPO/reward trainers
+    call it, turns it off (a note); dropout 0 asked gives no note."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import disable_dropout_in_model
+
+    from finetune.stages.common import dropout_note
+
+    def lora(p):
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama)
+        return get_peft_model(model, LoraConfig(r=4, lora_dropout=p, task_type="CAUSAL_LM"))
+
+    kept = lora(0.05)
+    assert dropout_note(kept, "SFTTrainer") is None
+    disable_dropout_in_model(kept)
+    assert dropout_note(kept, "DPOTrainer") == ("note: peft.dropout 0.05 is not applied: DPOTrainer turned dropout "
+                                                "off (TRL's disable_dropout); 0.0 says what runs")
+    assert dropout_note(lora(0.0), "DPOTrainer") is None

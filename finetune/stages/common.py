@@ -11,6 +11,7 @@ from finetune.manifest import last_checkpoint, sha256_text
 from finetune.recipe_types import BaseModel, Shared, Stage
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
     from transformers.trainer_utils import TrainOutput
 
@@ -139,6 +140,8 @@ def train(trainer: Trainer, stage_dir: Path, log, resumable: bool = True,
 
     chosen = chosen or precision.of_args(trainer.args, precision.detect())
     log(f"precision: {chosen.name} ({chosen.reason})")
+    if note := dropout_note(trainer.model, type(trainer).__name__):
+        log(note)
     resume = last_checkpoint(stage_dir / "checkpoints")
     if resume and resumable:
         log(f"resuming from {resume.name}")
@@ -151,6 +154,26 @@ def train(trainer: Trainer, stage_dir: Path, log, resumable: bool = True,
         log(f"kept the weights of step {step}: the best watched {watcher.cfg['select_best']} (watch.select_best)"
             + (f", not those of the last step ({last})" if step != last else ", the last step's"))
     return result
+
+
+def dropout_note(model: torch.nn.Module, trainer_name: str) -> str | None:
+    """A note when the adapter's dropout (`peft.dropout`) is asked for but not applied, else None.
+
+    TRL's reward, DPO and KTO trainers (their `disable_dropout`, default true) and PPO (always) set every
+    dropout module of the model to p = 0 when they are built, the adapter's too; RLOO and GRPO default to
+    keeping it. Read from the model as built, not from the trainer's name: asked = the largest `lora_dropout`
+    of the peft configs in `model` (PPO's policy-and-value wrapper holds two), applied = any of its adapter
+    dropout modules still with p > 0.
+    """
+    import torch
+
+    configs = [c for m in model.modules() for c in (getattr(m, "peft_config", None) or {}).values()]
+    asked = max((getattr(c, "lora_dropout", 0.0) or 0.0 for c in configs), default=0.0)
+    drops = [m for name, m in model.named_modules() if "lora_dropout" in name and isinstance(m, torch.nn.Dropout)]
+    if asked > 0 and drops and all(m.p == 0 for m in drops):
+        return (f"note: peft.dropout {asked:g} is not applied: {trainer_name} turned dropout off "
+                f"(TRL's disable_dropout); 0.0 says what runs")
+    return None
 
 
 def train_and_save(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, stage_dir: Path, log) -> TrainOutput | None:
