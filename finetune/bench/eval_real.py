@@ -8,6 +8,10 @@ Reports questions/s (median over rounds), the share of generated positions waste
 the fp32 variants give identical predictions, the EM/F1 difference of bf16 generation against fp32, and how
 many bf16 answers shared reading changes (bf16 rounds the two layouts differently).
 
+Two variants repeat the shared-context ones with the LM head's input left non-contiguous (as before
+2026-12-02, `modeling.contiguous_head_input` undone on a copy of the model): generate()'s first step then
+copied the frozen head's weight once per row (pytorch#151934).
+
 A last variant, fp32 grouped with one new token, times the prompts' forward pass (prefill) alone, in the same
 rounds. No change to how answers are decoded (dropping finished rows, another cache) can make fp32 evaluation
 faster than that: `file order / prefill` bounds the fp32 speed-up of any change that still reads every
@@ -28,6 +32,18 @@ import time
 
 PREFILL = "fp32, grouped, 1 new token (prefill)"
 SHARED = "fp32, shared contexts read once"
+
+
+def _head_copied_per_row(model):
+    """A copy of `model` whose LM head reads generate()'s (rows, 1, hidden) slice as it comes, not made
+    contiguous: the layout before `modeling.contiguous_head_input` (its pre-hook removed from the copy)."""
+    from finetune.modeling import contiguous_first_input
+
+    before = copy.deepcopy(model)
+    hooks = before.get_output_embeddings()._forward_pre_hooks
+    for key in [k for k, hook in hooks.items() if hook is contiguous_first_input]:
+        del hooks[key]
+    return before
 
 
 def _padded_prompt_tokens(tokenizer, prompts: list[str], batch_size: int, chat: bool) -> int:
@@ -83,12 +99,15 @@ def main(argv: list[str] | None = None) -> None:
         "fp32, file order (before)": (fp32, False, False),
         "fp32, grouped by length": (fp32, True, False),
         SHARED: (fp32, True, True),
+        "fp32, shared, head copied per row": (_head_copied_per_row(fp32), True, True),
         "bf16, grouped by length": (bf16, True, False),
         "bf16, shared contexts read once": (bf16, True, True),  # evaluation's default where bf16 is native
+        "bf16, shared, head copied per row": (bf16 and _head_copied_per_row(bf16), True, True),
         PREFILL: (fp32, True, False),
     }
     if bf16 is None:
-        del variants["bf16, grouped by length"], variants["bf16, shared contexts read once"]
+        for name in [n for n in variants if n.startswith("bf16")]:
+            del variants[name]
     times: dict[str, list[float]] = {name: [] for name in variants}
     outputs, waste, prefilled = {}, {}, {}
     for _ in range(args.rounds):
@@ -194,6 +213,13 @@ def main(argv: list[str] | None = None) -> None:
         report["bf16_shared_answers_differing"] = shared_differ
         print(f"  bf16 answers that differ from fp32's: {differ} of {len(rows)}; bf16 answers that differ between "
               f"shared and whole reading: {shared_differ}")
+    fixed = {"fp32": SHARED, "bf16": "bf16, shared contexts read once"}
+    head = {dtype: sum(a != b for a, b in zip(outputs[f"{dtype}, shared, head copied per row"], outputs[name],
+                                              strict=True))
+            for dtype, name in fixed.items() if f"{dtype}, shared, head copied per row" in outputs}
+    report["head_copied_answers_differing"] = head
+    print("  answers that differ between the head's input made contiguous and not: "
+          + ", ".join(f"{dtype} {n} of {len(rows)}" for dtype, n in head.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
