@@ -64,8 +64,8 @@ def test_reward_stage_reloads_as_sequence_classifier_and_reports_accuracy(tiny_l
 
 def test_dpo_lora_uses_disabled_adapter_as_reference_and_changes_the_policy(tiny_llama, write_recipe, tmp_path,
                                                                             capsys):
-    """...and says once, for the DPO stage, that the adapter dropout it was asked for is not applied (TRL's
-    DPOTrainer turns dropout off)."""
+    """The DPO stage also says, once, that the adapter dropout it asks for is not applied (TRL's DPOTrainer
+    turns dropout off); the full SFT before it has no adapter and says nothing."""
     dpo = {"name": "dpo", "kind": "dpo", "data": ["prefs"], "peft": {"r": 8, "dropout": 0.1},
            "train": {"max_steps": 4, "per_device_train_batch_size": 8, "learning_rate": 5e-3, "beta": 0.1,
                      "max_length": 128, **FAST}}
